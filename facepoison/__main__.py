@@ -1,0 +1,3 @@
+from facepoison.cli.main import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""The ``facepoison`` command line: one entry point, one module per subcommand (``main(argv) -> int``)."""

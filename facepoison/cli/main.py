@@ -1,0 +1,45 @@
+"""``facepoison <command> ...``: the one console entry point."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "train": ("facepoison.cli.train", "train a classifier (surrogate or victim), optionally on poisons"),
+    "craft": ("facepoison.cli.craft", "craft poisons against a surrogate into an HDF5 store"),
+    "export": ("facepoison.cli.export", "write a poisoned set as lossless PNGs mirroring the input tree"),
+    "evaluate": ("facepoison.cli.evaluate", "test accuracy of a trained model"),
+}
+PLANNED = {"prepare", "protect", "experiment"}
+
+
+def usage() -> str:
+    lines = ["usage: facepoison <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run 'facepoison <command> --help' for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from facepoison import __version__
+
+        print(f"facepoison {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        hint = " (not built yet)" if name in PLANNED else ""
+        print(f"facepoison: error: unknown command {name!r}{hint}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``facepoison train DATA --out CKPT``: train a classifier (surrogate or victim), optionally on poisons."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, run_command
+from facepoison.config import TrainCommandConfig, load_config, to_dict
+from facepoison.data import load_dataset
+from facepoison.errors import UsageError
+from facepoison.provenance import code_revision, file_sha256
+from facepoison.store import PoisonedDataset, load_store
+from recognition.checkpoint import atomic_torch_save, save_checkpoint
+from recognition.models import CIFAR_MEAN, CIFAR_STD, create_model
+from recognition.train import predict, train_classifier
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facepoison train", description=__doc__)
+    p.add_argument("data", help="ImageFolder root (train/, test/) or cifar-10-batches-py folder")
+    p.add_argument("--out", required=True, help="checkpoint to write (CKPT; CKPT.json gets the resolved config)")
+    p.add_argument("--config", help="YAML config (sections data, model, train)")
+    p.add_argument("--model", help="resnet18 (CIFAR stem, default), resnet34, resnet50, or tv:<torchvision name>")
+    p.add_argument("--width", type=int, help="first-stage width of the CIFAR ResNets (default 64)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--subset", type=int, help="train on this many images (class-balanced, fixed by --subset-seed)")
+    p.add_argument("--subset-seed", type=int)
+    p.add_argument("--image-size", type=int, help="resize and centre-crop images to this size")
+    p.add_argument("--poisons", help="poison store (STORE.h5) to apply on top of the training images")
+    p.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast on CUDA")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    add_common(p)
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
+    return load_config(TrainCommandConfig, args.config, {
+        "data.root": args.data, "data.subset": args.subset, "data.subset_seed": args.subset_seed,
+        "data.image_size": args.image_size, "model.name": args.model, "model.width": args.width,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "train.seed": args.seed, "train.amp": args.amp, "poisons": args.poisons, "device": args.device,
+    })
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    out = Path(args.out)
+    resume_path = out.with_name(out.name + ".resume.pt")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to retrain")
+    if args.overwrite and resume_path.exists():
+        resume_path.unlink()
+    rank, world, device = init_distributed(cfg.device)
+    data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
+    num_classes = len(data.classes)
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.name, num_classes, width=cfg.model.width)
+    dataset = data
+    poison_info = None
+    if cfg.poisons:
+        poisons = load_store(cfg.poisons)
+        dataset = PoisonedDataset(data, poisons)
+        poison_info = {"path": str(cfg.poisons), "sha256": file_sha256(cfg.poisons), "eps": poisons.attrs.get("eps"),
+                       "objective": poisons.attrs.get("objective"), "poisoned": dataset.num_poisoned}
+    resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
+    if resume is not None and resume.get("config") != to_dict(cfg):
+        raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")
+    bar = Progress(cfg.train.epochs * (len(dataset) // cfg.train.batch_size), "train", "step",
+                   enabled=not args.quiet and rank == 0)
+    if resume is not None:
+        bar.update((int(resume["epoch"]) + 1) * (len(dataset) // cfg.train.batch_size))
+
+    def on_epoch_end(epoch: int, state: dict) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({**state, "config": to_dict(cfg)}, resume_path)
+
+    start = time.perf_counter()
+    history = train_classifier(model, dataset, cfg.train, device=device, resume=resume, on_epoch_end=on_epoch_end,
+                               progress=lambda step, steps, loss: bar.update(1, loss=f"{loss:.3f}"))
+    bar.close()
+    if rank != 0:
+        return EXIT_OK
+    meta = {"model": cfg.model.name, "width": cfg.model.width, "num_classes": num_classes, "classes": data.classes,
+            "image_shape": list(data.images.shape[1:]), "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD),
+            "config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world,
+            "train_seconds": time.perf_counter() - start, "code_revision": code_revision()}
+    if cfg.test_split:
+        try:
+            test = load_dataset(cfg.data.root, cfg.test_split, cfg.data.image_size)
+        except UsageError:
+            test = None
+        if test is not None:
+            logits, labels = predict(model, test, device=device)
+            meta["test_accuracy"] = float((logits.argmax(1) == labels).float().mean())
+            meta["test_images"] = len(test)
+    save_checkpoint(out, model.cpu(), meta)
+    if resume_path.exists():
+        resume_path.unlink()
+    summary = {k: meta[k] for k in ("test_accuracy", "test_images", "train_seconds") if k in meta}
+    print(json.dumps({"checkpoint": str(out), **summary}))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("train", build_parser(), run, argv)

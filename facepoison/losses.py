@@ -1,0 +1,166 @@
+"""The math of alignment poisoning as plain typed functions.
+
+Every function here is pure: no I/O, no global state. They are tested against naive reference
+implementations and with ``gradcheck`` in float64 (``tests/test_losses.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LogitsFn = Callable[[Tensor, Tensor], Tensor]
+"""Maps (images, labels) to logits. Labels are passed so margin heads (CosFace) can use them."""
+
+
+def reverse_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample reverse cross-entropy L'(x, y) = -log(1 - p_y(x)).
+
+    Computed for every row of the batch (a known public implementation reads only row 0) and stable
+    when p_y → 1: ``log(1 - p_y) = logsumexp_{j≠y} z_j - logsumexp_j z_j``, which never forms ``1 - p_y``.
+
+    Args:
+        logits: ``(N, K)`` unnormalized class scores.
+        labels: ``(N,)`` integer class indices.
+
+    Returns:
+        ``(N,)`` losses, each ≥ 0.
+    """
+    if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    target_mask = F.one_hot(labels, logits.shape[1]).bool()
+    others = logits.masked_fill(target_mask, float("-inf"))
+    return torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)
+
+
+def flat_grad(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> Tensor:
+    """Gradient of a scalar ``loss`` w.r.t. ``params``, flattened into one vector.
+
+    Parameters that do not reach the loss contribute zeros, so the layout is always the same.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=False)])
+
+
+def trainable_parameters(model: nn.Module) -> list[Tensor]:
+    """The parameters the gradients are taken over: every parameter that requires grad, in module order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def target_gradient(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    logits_fn: LogitsFn | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Target gradient T = ∇θ Σ_i L'(F(x_i), y_i) over all given batches, as one flat float32 vector.
+
+    The model is put in eval mode (batch statistics of BatchNorm must not depend on the batch split)
+    and restored afterwards. Gradients are accumulated batch by batch in float32.
+
+    Args:
+        model: the surrogate F(·; θ).
+        batches: iterable of ``(images in [0,1], labels)``; pass a random subset for the paper's 10% estimate.
+        logits_fn: maps (images, labels) to logits; defaults to ``model(images)``.
+        device: where to compute; defaults to the model's device.
+
+    Returns:
+        ``(P,)`` float32 vector on the CPU, P the number of trainable parameters.
+    """
+    params = trainable_parameters(model)
+    device = torch.device(device) if device is not None else params[0].device
+    fn = logits_fn or (lambda x, y: model(x))
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            loss = reverse_cross_entropy(fn(images, labels), labels).sum()
+            total += flat_grad(loss, params).float()
+    finally:
+        model.train(was_training)
+    return total.cpu()
+
+
+def alignment_loss(target: Tensor, grad: Tensor, independent: bool = False) -> Tensor:
+    """Alignment loss A = 1 - cos(T, g).
+
+    Args:
+        target: flat target gradient T (treated as a constant).
+        grad: flat crafting gradient g = ∇θ Σ L(F(x+Δ), y), built with ``create_graph=True``.
+        independent: detach ‖g‖ (the online mode). The loss is then an affine function of the inner
+            product ⟨T, g⟩, so its gradient w.r.t. each Δ_i depends on the rest of the batch only through
+            a positive scale, and every image or shard can be crafted on its own.
+
+    Returns:
+        Scalar loss in [0, 2].
+    """
+    target = target.detach()
+    grad_norm = grad.norm()
+    if independent:
+        grad_norm = grad_norm.detach()
+    denom = (target.norm() * grad_norm).clamp_min(torch.finfo(grad.dtype).tiny)
+    return 1.0 - torch.dot(target, grad) / denom
+
+
+def project(delta: Tensor, images: Tensor, eps: float) -> Tensor:
+    """Project perturbations onto the ε-ball (L∞) ∩ {δ : images + δ ∈ [0, 1]}.
+
+    Args:
+        delta: perturbations, same shape as ``images``.
+        images: clean images in [0, 1].
+        eps: radius in [0, 1] pixel units.
+    """
+    delta = delta.clamp(-eps, eps)
+    return (images + delta).clamp(0.0, 1.0) - images
+
+
+def quantize_delta(delta: Tensor, images_u8: Tensor, eps: float) -> Tensor:
+    """Quantize a perturbation to integer pixel steps, feasible for the uint8 clean images.
+
+    Returns an integer tensor q with |q| ≤ round(ε·255) and 0 ≤ images_u8 + q ≤ 255, so the exported
+    image satisfies |exported - clean| ≤ round(ε·255) exactly.
+    """
+    bound = int(round(eps * 255))
+    q = torch.round(delta * 255).to(torch.int16).clamp(-bound, bound)
+    base = images_u8.to(torch.int16)
+    return (base + q).clamp(0, 255) - base
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> Tensor:
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-image SSIM (Wang et al. 2004) of images in [0, 1], Gaussian window, channels averaged.
+
+    Borders are handled by 'valid' convolution, so images must be at least ``window_size`` wide;
+    smaller images use a window of their size.
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"expected two NCHW tensors of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    size = min(window_size, x.shape[-1], x.shape[-2])
+    c = x.shape[1]
+    w = gaussian_window(size, sigma, x.dtype).to(x.device).expand(c, 1, size, size)
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = F.conv2d(x, w, groups=c), F.conv2d(y, w, groups=c)
+    sxx = F.conv2d(x * x, w, groups=c) - mu_x**2
+    syy = F.conv2d(y * y, w, groups=c) - mu_y**2
+    sxy = F.conv2d(x * y, w, groups=c) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return (num / den).flatten(1).mean(1)
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Per-image anisotropic total variation, mean absolute difference of neighbouring pixels."""
+    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    return dh + dw

@@ -1,0 +1,63 @@
+"""Checkpoints: a state dict plus a JSON-able ``meta`` dict, loadable with ``torch.load(weights_only=True)``.
+
+``meta`` carries what is needed to rebuild the model (``model``, ``num_classes``, ``width``, …), so a
+checkpoint is self-describing; a JSON copy is written next to it for people and tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``{"state_dict", "meta"}`` to ``path`` and ``meta`` as JSON to ``path`` + ``.json`` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"state_dict": model.state_dict(), "meta": json.loads(json.dumps(meta))}, path)
+    tmp = path.with_name(path.name + ".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, path.with_name(path.name + ".json"))
+
+
+def load_checkpoint(
+    path: str | Path, build: Callable[[dict[str, Any]], nn.Module], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint.
+
+    Args:
+        path: checkpoint file.
+        build: meta → an untrained model of the recorded architecture.
+
+    Raises:
+        ValueError: missing or unreadable file, or weights that do not fit the architecture (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path} is not a facepoison checkpoint (no state_dict/meta)")
+    meta = ckpt["meta"]
+    model = build(meta)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"checkpoint {path} does not match the model {meta.get('model')!r}: {first}") from exc
+    return model, meta
