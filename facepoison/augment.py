@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from facepoison.registry import Registry
+from recognition.augment import translate
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,7 @@ def shift_flip(images: Tensor, params: ShiftFlipParams, max_shift: int) -> Tenso
     and flip it horizontally where ``params.flip`` is set. Differentiable w.r.t. ``images``."""
     if images.ndim != 4:
         raise ValueError(f"expected NCHW images, got shape {tuple(images.shape)}")
-    n, _, h, w = images.shape
-    out = images
-    if max_shift > 0:
-        padded = F.pad(images, (max_shift, max_shift, max_shift, max_shift))
-        dev = images.device
-        rows = torch.arange(h, device=dev)[None, :] + max_shift - params.shift_y.to(dev)[:, None]
-        cols = torch.arange(w, device=dev)[None, :] + max_shift - params.shift_x.to(dev)[:, None]
-        batch = torch.arange(n, device=dev)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    out = translate(images, params.shift_y, params.shift_x, max_shift)
     flip = params.flip.to(images.device)[:, None, None, None]
     return torch.where(flip, out.flip(-1), out)
 

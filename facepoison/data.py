@@ -149,6 +149,15 @@ def load_image_folder(root: Path, split: str, image_size: int | None = None) -> 
     return ImageSet(data, labels, torch.arange(len(files)), paths, classes, str(root))
 
 
+def has_split(root: str | Path, split: str) -> bool:
+    """Whether ``root`` holds ``split`` (a ``<split>/`` folder, or the CIFAR batch files)."""
+    root = Path(root)
+    batches = _find_cifar_batches(root) if root.is_dir() else None
+    if batches is not None:
+        return all((batches / name).is_file() for name in CIFAR_BATCHES.get(split, ["-"]))
+    return (root / split).is_dir()
+
+
 def load_dataset(
     root: str | Path, split: str = "train", image_size: int | None = None, subset: int | None = None, seed: int = 0
 ) -> ImageSet:

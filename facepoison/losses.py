@@ -42,7 +42,8 @@ def flat_grad(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False
     Parameters that do not reach the loss contribute zeros, so the layout is always the same.
     """
     grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=False)])
+    flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)]
+    return torch.cat(flat)
 
 
 def trainable_parameters(model: nn.Module) -> list[Tensor]:

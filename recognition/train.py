@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from recognition.augment import random_shift_flip
+
 log = logging.getLogger(__name__)
 
 
@@ -62,20 +64,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
-
-
-def random_shift_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Training augmentation on a float batch: random crop of the zero-padded image, random h-flip."""
-    n, _, h, w = images.shape
-    if padding > 0:
-        padded = F.pad(images, (padding,) * 4)
-        offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).tolist()
-        images = torch.stack([padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(offsets)])
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)[:, None, None, None]
-        images = torch.where(mask, images.flip(-1), images)
-    return images
+            raise ValueError(
+                f"need epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
+            )
 
 
 def learning_rate(cfg: TrainConfig, epoch_progress: float) -> float:
@@ -92,6 +83,10 @@ def is_distributed() -> bool:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -147,7 +142,7 @@ def train_classifier(
         optimizer.load_state_dict(resume["optimizer"])
         history = list(resume["history"])
         start_epoch = int(resume["epoch"]) + 1
-    world = dist.get_world_size() if is_distributed() else 1
+    world = world_size()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     per_rank = cfg.batch_size // world

@@ -107,17 +107,33 @@ def run(args: argparse.Namespace) -> int:
     rank, world, device = init_distributed(cfg.device)
     model, meta = load_classifier(cfg.surrogate)
     data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
+    if args.overwrite and rank == 0:
+        for p in [out, *part_paths(out)]:
+            p.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    report = craft_store(cfg, data, model, meta, out, device, quiet=args.quiet)
+    if report is not None:
+        print(json.dumps(report))
+    return EXIT_OK
+
+
+def craft_store(
+    cfg: CraftCommandConfig, data: ImageSet, model: torch.nn.Module, meta: dict, out: Path, device: torch.device,
+    quiet: bool = False,
+) -> dict | None:
+    """Craft poisons for ``data`` against ``model`` into the store ``out``, resuming finished chunks.
+
+    Under torchrun every rank takes every W-th unfinished chunk and writes its own part file; rank 0
+    merges them. Returns a small report on rank 0 (None elsewhere).
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if meta["num_classes"] != len(data.classes):
         raise UsageError(f"surrogate {cfg.surrogate} has {meta['num_classes']} classes, the data has "
                          f"{len(data.classes)}: it was not trained on this data")
     if "image_shape" in meta and list(meta["image_shape"]) != list(data.images.shape[1:]):
         raise UsageError(f"surrogate was trained on {meta['image_shape']} images, the data is "
                          f"{list(data.images.shape[1:])}")
-    if args.overwrite and rank == 0:
-        for p in [out, *part_paths(out)]:
-            p.unlink(missing_ok=True)
-    if world > 1:
-        dist.barrier()
     model.to(device)
     surrogate_sha = file_sha256(cfg.surrogate)
     fp = fingerprint(cfg, surrogate_sha, data)
@@ -143,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     craft_seconds, crafted = 0.0, 0
     if todo:
         writer = StoreWriter(out, data.ids.numpy(), tuple(data.images.shape[1:]), cfg.batch_size, bound, attrs, rank)
-        bar = Progress(n, "craft", "img", enabled=not args.quiet and rank == 0)
-        bar.update(len(finished) * cfg.batch_size if finished else 0)
+        bar = Progress(n, "craft", "img", enabled=not quiet and rank == 0)
+        bar.update(min(n, len(finished) * cfg.batch_size))
         try:
             for chunk in craft_dataset(crafter, data.get_batch, n, cfg.batch_size, todo):
                 writer.write(chunk.index, chunk.positions, chunk.delta, chunk.loss)
@@ -156,14 +172,13 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     if world > 1:
         dist.barrier()
-    if rank == 0:
-        merge_parts(out, n_chunks)
-        steps = max(1, cfg.craft.steps * cfg.craft.restarts)
-        report = {"store": str(out), "images": n, "resumed_chunks": len(finished), "crafted_images": crafted * world,
-                  "target_seconds": round(target_seconds, 2), "craft_seconds": round(craft_seconds, 2),
-                  "image_steps_per_s": round(crafted * steps / craft_seconds, 2) if craft_seconds else None}
-        print(json.dumps(report))
-    return EXIT_OK
+    if rank != 0:
+        return None
+    merge_parts(out, n_chunks)
+    steps = max(1, cfg.craft.steps * cfg.craft.restarts)
+    return {"store": str(out), "images": n, "resumed_chunks": len(finished), "crafted_images_rank0": crafted,
+            "target_seconds": round(target_seconds, 2), "craft_seconds": round(craft_seconds, 2),
+            "image_steps_per_s": round(crafted * steps / craft_seconds, 2) if craft_seconds else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import torch
 
+from eval.metrics import top1_accuracy
 from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, run_command
 from facepoison.config import TrainCommandConfig, load_config, to_dict
-from facepoison.data import load_dataset
+from facepoison.data import ImageSet, has_split, load_dataset
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import PoisonedDataset, load_store
 from recognition.checkpoint import atomic_torch_save, save_checkpoint
 from recognition.models import CIFAR_MEAN, CIFAR_STD, create_model
-from recognition.train import predict, train_classifier
+from recognition.train import predict, rank, train_classifier, world_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +55,33 @@ def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     out = Path(args.out)
-    resume_path = out.with_name(out.name + ".resume.pt")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to retrain")
-    if args.overwrite and resume_path.exists():
-        resume_path.unlink()
-    rank, world, device = init_distributed(cfg.device)
+    _, _, device = init_distributed(cfg.device)
     data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
+    test = None
+    if cfg.test_split and has_split(cfg.data.root, cfg.test_split):
+        test = load_dataset(cfg.data.root, cfg.test_split, cfg.data.image_size)
+    meta = train_checkpoint(cfg, data, test, out, device, fresh=args.overwrite, quiet=args.quiet)
+    if meta is not None:
+        summary = {k: meta[k] for k in ("test_accuracy", "test_images", "train_seconds") if k in meta}
+        print(json.dumps({"checkpoint": str(out), **summary}))
+    return EXIT_OK
+
+
+def train_checkpoint(
+    cfg: TrainCommandConfig, data: ImageSet, test: ImageSet | None, out: Path, device: torch.device,
+    fresh: bool = False, quiet: bool = False,
+) -> dict | None:
+    """Train on ``data`` (with ``cfg.poisons`` applied), evaluate on ``test``, save ``out`` (+ ``.json``).
+
+    Resumes from ``out.resume.pt`` (saved after every epoch) unless ``fresh``. Returns the checkpoint's
+    meta on rank 0, None on other ranks.
+    """
+    out = Path(out)
+    resume_path = out.with_name(out.name + ".resume.pt")
+    if fresh and resume_path.exists():
+        resume_path.unlink()
     num_classes = len(data.classes)
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes, width=cfg.model.width)
@@ -74,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
     if resume is not None and resume.get("config") != to_dict(cfg):
         raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")
-    bar = Progress(cfg.train.epochs * (len(dataset) // cfg.train.batch_size), "train", "step",
-                   enabled=not args.quiet and rank == 0)
+    steps_per_epoch = len(dataset) // cfg.train.batch_size
+    bar = Progress(cfg.train.epochs * steps_per_epoch, "train", "step", enabled=not quiet and rank() == 0)
     if resume is not None:
-        bar.update((int(resume["epoch"]) + 1) * (len(dataset) // cfg.train.batch_size))
+        bar.update((int(resume["epoch"]) + 1) * steps_per_epoch)
 
     def on_epoch_end(epoch: int, state: dict) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,27 +108,20 @@ def run(args: argparse.Namespace) -> int:
     history = train_classifier(model, dataset, cfg.train, device=device, resume=resume, on_epoch_end=on_epoch_end,
                                progress=lambda step, steps, loss: bar.update(1, loss=f"{loss:.3f}"))
     bar.close()
-    if rank != 0:
-        return EXIT_OK
+    if rank() != 0:
+        return None
     meta = {"model": cfg.model.name, "width": cfg.model.width, "num_classes": num_classes, "classes": data.classes,
             "image_shape": list(data.images.shape[1:]), "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD),
-            "config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world,
+            "config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world_size(),
             "train_seconds": time.perf_counter() - start, "code_revision": code_revision()}
-    if cfg.test_split:
-        try:
-            test = load_dataset(cfg.data.root, cfg.test_split, cfg.data.image_size)
-        except UsageError:
-            test = None
-        if test is not None:
-            logits, labels = predict(model, test, device=device)
-            meta["test_accuracy"] = float((logits.argmax(1) == labels).float().mean())
-            meta["test_images"] = len(test)
+    if test is not None:
+        logits, labels = predict(model, test, device=device)
+        meta["test_accuracy"] = top1_accuracy(logits.numpy(), labels.numpy())
+        meta["test_images"] = len(test)
     save_checkpoint(out, model.cpu(), meta)
     if resume_path.exists():
         resume_path.unlink()
-    summary = {k: meta[k] for k in ("test_accuracy", "test_images", "train_seconds") if k in meta}
-    print(json.dumps({"checkpoint": str(out), **summary}))
-    return EXIT_OK
+    return meta
 
 
 def main(argv: Sequence[str] | None = None) -> int:
