@@ -57,11 +57,13 @@ class AlignmentObjective(Objective):
             raise ValueError(f"target gradient must be a flat vector, got shape {tuple(target.shape)}")
         self.target = target
         self.independent = independent
+        self._placed: Tensor | None = None  # the target on the crafting device, copied once
 
     def loss(self, logits_fn, params, images, labels, create_graph=True):
         grad = training_gradient(logits_fn, params, images, labels, create_graph)
-        target = self.target.to(device=grad.device, dtype=grad.dtype)
-        return alignment_loss(target, grad, independent=self.independent)
+        if self._placed is None or self._placed.device != grad.device or self._placed.dtype != grad.dtype:
+            self._placed = self.target.to(device=grad.device, dtype=grad.dtype)
+        return alignment_loss(self._placed, grad, independent=self.independent)
 
 
 class TensorClogObjective(Objective):

@@ -119,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--report", help="markdown report to write (default docs/results/<name>.md)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--results", help="only render the report from this results.json (no training)")
     args = parser.parse_args(argv)
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+        report = Path(args.report or f"docs/results/{results['config']['name']}.md")
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(render_report(results, args.config))
+        print(report.read_text())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     data_root = args.data_root or os.environ.get("FACEPOISON_DATA")
     cfg = load_config(BenchmarkConfig, args.config, {"data_root": data_root, "run_dir": args.run_dir,
