@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"victims": {}, "crafting": {}}
     started = time.perf_counter()
+    results["skipped"] = []  # recomputed by this run: what it had to leave out
 
     def save() -> None:
         results.update({"config": to_dict(cfg), "machine": machine_name(device), "code_revision": code_revision()})
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if over_budget():
                 log.info("time budget spent; skipping %s", key)
-                results.setdefault("skipped", []).append(key)
+                results["skipped"].append(key)
                 continue
             poisons = str(ensure_poisons(objective, eps)) if objective else None
             vic_cfg = TrainCommandConfig(data=data_cfg, model=cfg.model,
