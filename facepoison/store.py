@@ -8,10 +8,12 @@ Layout of a finished store ``STORE.h5``:
 - attributes: ``eps``, ``bound``, ``objective``, ``steps``, ``restarts``, ``seed``, ``surrogate_sha256``,
   ``config`` (resolved, JSON), ``code_revision``, ``fingerprint``, ``format``.
 
-While crafting, each process (rank) writes its chunks into ``STORE.h5.part<rank>``, an HDF5 file in SWMR
-mode that is flushed after every chunk, so a killed run keeps every finished chunk. A new run with the same
-fingerprint reads the done-masks of all part files, crafts only the missing chunks, and then merges
-the parts into ``STORE.h5`` (written under a temporary name, then renamed).
+While crafting, each process (rank) of each run writes its chunks into a part file of its own,
+``STORE.h5.part<rank>-<run>``: an HDF5 file in SWMR mode, flushed after every chunk, so a killed run
+keeps every finished chunk (SWMR keeps the file readable after a crash). A new run with the same
+fingerprint reads the done-masks of all part files (read-only: a killed writer leaves its file marked
+open), crafts only the missing chunks into new part files, and then merges all parts into ``STORE.h5``
+(written under a temporary name, then renamed).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def delta_dtype(bound: int) -> np.dtype:
     return np.dtype(np.int8) if bound <= 127 else np.dtype(np.int16)
 
 
-def part_paths(path: Path) -> list[Path]:
-    return sorted(path.parent.glob(path.name + ".part*"))
+def part_paths(path: Path, include_tmp: bool = False) -> list[Path]:
+    """Part files of an unfinished store (a part still being created ends in ``.tmp``)."""
+    parts = sorted(Path(path).parent.glob(Path(path).name + ".part*"))
+    return parts if include_tmp else [p for p in parts if p.suffix != ".tmp"]
 
 
 class StoreWriter:
-    """Writes one rank's chunks into ``<path>.part<rank>`` (SWMR, flushed per chunk).
+    """Writes one rank's chunks into a new part file ``<path>.part<rank>-<run>`` (SWMR, flushed per chunk).
 
     Args:
         path: the final store path.
@@ -60,26 +64,25 @@ class StoreWriter:
         attrs: Mapping[str, Any], rank: int = 0,
     ) -> None:
         self.path = Path(path)
-        self.part = self.path.with_name(f"{self.path.name}.part{rank}")
+        run = 0
+        while any(p.name.startswith(f"{self.path.name}.part{rank}-{run:03d}") for p in part_paths(self.path)):
+            run += 1
+        self.part = self.path.with_name(f"{self.path.name}.part{rank}-{run:03d}")
         self.chunk_size = chunk_size
         n = len(ids)
         n_chunks = (n + chunk_size - 1) // chunk_size
-        if self.part.exists():
-            check_part(self.part, attrs["fingerprint"])
-            self.file = h5py.File(self.part, "r+", libver="latest")
-        else:
-            tmp = self.part.with_name(self.part.name + ".tmp")
-            with h5py.File(tmp, "w", libver="latest") as f:
-                f.create_dataset("ids", data=np.asarray(ids, dtype=np.int64))
-                f.create_dataset("delta", shape=(n, *sample_shape), dtype=delta_dtype(bound),
-                                 chunks=(min(chunk_size, n), *sample_shape), compression="lzf", fillvalue=0)
-                f.create_dataset("done", shape=(n_chunks,), dtype=np.uint8, fillvalue=0)
-                f.create_dataset("loss", shape=(n_chunks,), dtype=np.float32, fillvalue=np.nan)
-                f.attrs.update(_encode_attrs(attrs))
-                f.attrs["bound"] = bound
-                f.attrs["chunk_size"] = chunk_size
-            os.replace(tmp, self.part)
-            self.file = h5py.File(self.part, "r+", libver="latest")
+        tmp = self.part.with_name(self.part.name + ".tmp")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.create_dataset("ids", data=np.asarray(ids, dtype=np.int64))
+            f.create_dataset("delta", shape=(n, *sample_shape), dtype=delta_dtype(bound),
+                             chunks=(min(chunk_size, n), *sample_shape), compression="lzf", fillvalue=0)
+            f.create_dataset("done", shape=(n_chunks,), dtype=np.uint8, fillvalue=0)
+            f.create_dataset("loss", shape=(n_chunks,), dtype=np.float32, fillvalue=np.nan)
+            f.attrs.update(_encode_attrs(attrs))
+            f.attrs["bound"] = bound
+            f.attrs["chunk_size"] = chunk_size
+        os.replace(tmp, self.part)
+        self.file = h5py.File(self.part, "r+", libver="latest")
         self.file.swmr_mode = True
 
     def write(self, chunk_index: int, positions: range, delta: Tensor, loss: float) -> None:
@@ -116,8 +119,6 @@ def done_chunks(path: Path, fingerprint: str) -> set[int]:
     """Chunk indices finished by any part file of an interrupted run with the same fingerprint."""
     done: set[int] = set()
     for part in part_paths(Path(path)):
-        if part.suffix == ".tmp":
-            continue
         check_part(part, fingerprint)
         with h5py.File(part, "r", libver="latest", swmr=True) as f:
             done.update(np.nonzero(f["done"][:])[0].tolist())
@@ -127,7 +128,7 @@ def done_chunks(path: Path, fingerprint: str) -> set[int]:
 def merge_parts(path: Path, n_chunks: int) -> None:
     """Merge all part files into the final store (temporary name, then rename) and remove the parts."""
     path = Path(path)
-    parts = [p for p in part_paths(path) if p.suffix != ".tmp"]
+    parts = part_paths(path)
     if not parts:
         raise UsageError(f"no partial stores found for {path}")
     tmp = path.with_name(path.name + ".tmp")
@@ -160,7 +161,7 @@ def merge_parts(path: Path, n_chunks: int) -> None:
         out.attrs["chunk_size"] = chunk_size
         out.attrs["complete"] = True
     os.replace(tmp, path)
-    for part in parts:
+    for part in part_paths(path, include_tmp=True):
         part.unlink()
 
 

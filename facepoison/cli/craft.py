@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_classifier(cfg.surrogate)
     data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
     if args.overwrite and rank == 0:
-        for p in [out, *part_paths(out)]:
+        for p in [out, *part_paths(out, include_tmp=True)]:
             p.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
