@@ -39,7 +39,9 @@ def tiny_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(6, 3, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g)
 
 
-def write_image_folder(root: Path, classes: int = 2, per_class: int = 6, size: int = 16, splits=("train", "test")) -> Path:
+def write_image_folder(
+    root: Path, classes: int = 2, per_class: int = 6, size: int = 16, splits: tuple[str, ...] = ("train", "test")
+) -> Path:
     """An ImageFolder tree of small random PNGs (JPEG for odd indices, to cover both decoders)."""
     rng = np.random.default_rng(0)
     for split in splits:
@@ -57,3 +59,12 @@ def write_image_folder(root: Path, classes: int = 2, per_class: int = 6, size: i
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

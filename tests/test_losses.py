@@ -66,7 +66,8 @@ def test_target_gradient_sums_batches_in_eval_mode(tiny_model, tiny_batch):
     torch.testing.assert_close(whole, split, rtol=1e-5, atol=1e-6)
     tiny_model.eval()
     params = trainable_parameters(tiny_model)
-    naive = flat_grad(sum(naive_reverse_ce(tiny_model(x[i : i + 1]), y[i : i + 1]).sum() for i in range(len(y))), params)
+    per_sample = [naive_reverse_ce(tiny_model(x[i : i + 1]), y[i : i + 1]).sum() for i in range(len(y))]
+    naive = flat_grad(sum(per_sample), params)
     torch.testing.assert_close(whole, naive, rtol=1e-4, atol=1e-6)
 
 
