@@ -124,12 +124,17 @@ def list_models() -> list[str]:
     return sorted(_MODELS) + [f"tv:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
 
 
+def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a model is built with by default: ImageNet statistics for torchvision models, CIFAR's else."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if name.startswith("tv:") else (CIFAR_MEAN, CIFAR_STD)
+
+
 def create_model(
     name: str,
     num_classes: int,
     width: int = 64,
-    mean: Sequence[float] = CIFAR_MEAN,
-    std: Sequence[float] = CIFAR_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build a classifier for images in [0, 1] with normalization as its first layer.
 
@@ -138,7 +143,7 @@ def create_model(
             torchvision classifier built from scratch (``tv:resnet18``, ``tv:mobilenet_v3_small``, …).
         num_classes: number of classes.
         width: first-stage width of the CIFAR ResNets (ignored for torchvision models).
-        mean, std: per-channel normalization.
+        mean, std: per-channel normalization; :func:`default_normalization` when not given.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones).
@@ -158,4 +163,5 @@ def create_model(
         net = _MODELS[name](num_classes=num_classes, width=width)
     else:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(_MODELS))}, or tv:<torchvision name>")
-    return nn.Sequential(Normalize(mean, std), net)
+    default_mean, default_std = default_normalization(name)
+    return nn.Sequential(Normalize(mean or default_mean, std or default_std), net)

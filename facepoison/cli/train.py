@@ -18,7 +18,7 @@ from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import PoisonedDataset, load_store
 from recognition.checkpoint import atomic_torch_save, save_checkpoint
-from recognition.models import CIFAR_MEAN, CIFAR_STD, create_model
+from recognition.models import create_model, default_normalization
 from recognition.train import predict, rank, train_classifier, world_size
 
 
@@ -110,8 +110,9 @@ def train_checkpoint(
     bar.close()
     if rank() != 0:
         return None
+    mean, std = default_normalization(cfg.model.name)
     meta = {"model": cfg.model.name, "width": cfg.model.width, "num_classes": num_classes, "classes": data.classes,
-            "image_shape": list(data.images.shape[1:]), "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD),
+            "image_shape": list(data.images.shape[1:]), "mean": list(mean), "std": list(std),
             "config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world_size(),
             "train_seconds": time.perf_counter() - start, "code_revision": code_revision()}
     if test is not None:
