@@ -85,12 +85,17 @@ def naive_alignment(model, x, y, target):
     return 1 - dot / (target.norm() * gn.sqrt())
 
 
+def crafting_grad(model, images, labels):
+    """∇θ Σ CE(F(images), y), flat, kept differentiable (the crafter's g)."""
+    loss = F.cross_entropy(model(images), labels, reduction="sum")
+    return flat_grad(loss, trainable_parameters(model), create_graph=True)
+
+
 def test_alignment_loss_and_delta_gradient_match_naive(tiny_model, tiny_batch):
     x, y = tiny_batch
     target = target_gradient(tiny_model, [(x, y)])
-    params = trainable_parameters(tiny_model)
     delta = (0.01 * torch.randn_like(x)).requires_grad_(True)
-    grad = flat_grad(F.cross_entropy(tiny_model(x + delta), y, reduction="sum"), params, create_graph=True)
+    grad = crafting_grad(tiny_model, x + delta, y)
     ours = alignment_loss(target, grad)
     ref = naive_alignment(tiny_model, x + delta, y, target)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
@@ -107,7 +112,7 @@ def test_alignment_loss_gradcheck_float64(tiny_model, tiny_batch):
     target = torch.randn(sum(p.numel() for p in params), dtype=torch.float64)
 
     def fn(delta):
-        grad = flat_grad(F.cross_entropy(model(x + delta), y, reduction="sum"), params, create_graph=True)
+        grad = crafting_grad(model, x + delta, y)
         return alignment_loss(target, grad)
 
     delta = (0.01 * torch.randn_like(x)).requires_grad_(True)
@@ -117,9 +122,8 @@ def test_alignment_loss_gradcheck_float64(tiny_model, tiny_batch):
 def test_independent_mode_is_inner_product_gradient_up_to_positive_scale(tiny_model, tiny_batch):
     x, y = tiny_batch
     target = target_gradient(tiny_model, [(x, y)])
-    params = trainable_parameters(tiny_model)
     delta = (0.02 * torch.randn_like(x)).requires_grad_(True)
-    grad = flat_grad(F.cross_entropy(tiny_model(x + delta), y, reduction="sum"), params, create_graph=True)
+    grad = crafting_grad(tiny_model, x + delta, y)
     (g_ind,) = torch.autograd.grad(alignment_loss(target, grad, independent=True), delta, retain_graph=True)
     (g_dot,) = torch.autograd.grad(-torch.dot(target, grad), delta)
     scale = (g_ind * g_dot).sum() / (g_dot * g_dot).sum()
@@ -127,7 +131,7 @@ def test_independent_mode_is_inner_product_gradient_up_to_positive_scale(tiny_mo
     torch.testing.assert_close(g_ind, scale * g_dot, rtol=1e-4, atol=1e-9)
     # ... and the per-sample gradient does not depend on the rest of the batch (up to that scale).
     d0 = delta[:2].detach().clone().requires_grad_(True)
-    grad0 = flat_grad(F.cross_entropy(tiny_model(x[:2] + d0), y[:2], reduction="sum"), params, create_graph=True)
+    grad0 = crafting_grad(tiny_model, x[:2] + d0, y[:2])
     (g_alone,) = torch.autograd.grad(alignment_loss(target, grad0, independent=True), d0)
     assert torch.equal(torch.sign(g_alone), torch.sign(g_ind[:2]))
 
@@ -135,9 +139,8 @@ def test_independent_mode_is_inner_product_gradient_up_to_positive_scale(tiny_mo
 def test_full_mode_differs_from_independent_mode(tiny_model, tiny_batch):
     x, y = tiny_batch
     target = target_gradient(tiny_model, [(x, y)])
-    params = trainable_parameters(tiny_model)
     delta = (0.02 * torch.randn_like(x)).requires_grad_(True)
-    grad = flat_grad(F.cross_entropy(tiny_model(x + delta), y, reduction="sum"), params, create_graph=True)
+    grad = crafting_grad(tiny_model, x + delta, y)
     (g_full,) = torch.autograd.grad(alignment_loss(target, grad), delta, retain_graph=True)
     (g_ind,) = torch.autograd.grad(alignment_loss(target, grad, independent=True), delta)
     cos = F.cosine_similarity(g_full.flatten(), g_ind.flatten(), dim=0)
