@@ -29,7 +29,11 @@ def estimate_similarity(landmarks: np.ndarray, template: np.ndarray = ARCFACE_TE
     src = np.asarray(landmarks, dtype=np.float64)
     if src.shape != template.shape or not np.isfinite(src).all():
         raise ValueError(f"expected finite landmarks of shape {template.shape}, got {src.shape}")
-    tform = SimilarityTransform.from_estimate(src, template)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, template)
+    else:
+        tform = SimilarityTransform()
+        tform = tform if tform.estimate(src, template) else None
     if not tform or not np.isfinite(tform.params).all() or abs(np.linalg.det(tform.params[:2, :2])) < 1e-12:
         raise ValueError("degenerate landmarks: cannot fit a similarity transform")
     return tform.params[:2].copy()
