@@ -259,8 +259,8 @@ def render_report(results: dict, config_path: str) -> str:
     if sr:
         precision = "bfloat16 autocast" if cfg["victim"].get("amp") else "float32"
         lines += ["", f"Cost of one crafting step (alignment, batch {sr['batch']}, float32): "
-                  f"{sr['craft_step_s']:.3f} s vs {sr['train_step_s']:.3f} s for a training step on the same batch ({precision}, the victims' "
-                  f"setting): **ratio {sr['ratio']:.2f}×**."]
+                  f"{sr['craft_step_s']:.3f} s vs {sr['train_step_s']:.3f} s for a training step on the same batch "
+                  f"({precision}, the victims' setting): **ratio {sr['ratio']:.2f}×**."]
     crafting = results.get("crafting", {})
     if crafting:
         lines += ["", "| poison set | crafting seconds | image-steps/s |", "|---|---|---|"]
