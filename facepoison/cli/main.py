@@ -7,12 +7,13 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {
+    "prepare": ("facepoison.cli.prepare", "detect, align and store identity-labelled faces in one HDF5 file"),
     "train": ("facepoison.cli.train", "train a classifier (surrogate or victim), optionally on poisons"),
     "craft": ("facepoison.cli.craft", "craft poisons against a surrogate into an HDF5 store"),
     "export": ("facepoison.cli.export", "write a poisoned set as lossless PNGs mirroring the input tree"),
     "evaluate": ("facepoison.cli.evaluate", "test accuracy of a trained model"),
 }
-PLANNED = {"prepare", "protect", "experiment"}
+PLANNED = {"protect", "experiment"}
 
 
 def usage() -> str:
