@@ -40,9 +40,11 @@ def parse_eps(text: str | float) -> float:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from (ImageFolder tree or cifar-10-batches-py)."""
+    """Where images come from: an ImageFolder tree, cifar-10-batches-py, or a prepared face set (FACES.h5,
+    optionally restricted to the identities named one per line in the file ``identities``)."""
 
     root: str = ""
+    identities: str | None = None
     split: str = "train"
     image_size: int | None = None
     subset: int | None = None
@@ -51,8 +53,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model; ``embedding_size``, ``dropout`` and the CosFace ``s``/``m`` apply to face recognizers."""
+
     name: str = "resnet18"
     width: int = 64
+    embedding_size: int = 512
+    dropout: float = 0.0
+    cosface_s: float = 64.0
+    cosface_m: float = 0.35
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,23 @@ class FaceSet(Dataset):
             raise ValueError(f"cannot read face set {path}: {exc}") from exc
         self.ids = torch.arange(len(self.labels)) if indices is None else torch.as_tensor(np.asarray(indices))
 
+    def restrict(self, identities: list[str]) -> FaceSet:
+        """The faces of ``identities`` only, relabelled 0..K-1 in the given order (ids are kept)."""
+        unknown = sorted(set(identities) - set(self.identities))
+        if unknown:
+            raise ValueError(f"identities not in the face set: {', '.join(unknown[:5])}")
+        new_label = {self.identities.index(name): k for k, name in enumerate(identities)}
+        keep = [i for i, lab in enumerate(self.labels.tolist()) if lab in new_label]
+        sub = object.__new__(FaceSet)
+        sub.jpeg = [self.jpeg[i] for i in keep]
+        sub.labels = torch.tensor([new_label[int(self.labels[i])] for i in keep], dtype=torch.long)
+        sub.identities = list(identities)
+        sub.paths = [self.paths[i] for i in keep]
+        sub.poses = [self.poses[i] for i in keep]
+        sub.attrs = self.attrs
+        sub.ids = self.ids[keep]
+        return sub
+
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -43,19 +43,25 @@ class CosFaceHead(nn.Module):
 
 
 class FaceRecognizer(nn.Module):
-    """Backbone + CosFace head. ``forward`` gives cosines; ``embed`` gives L2-normalized embeddings."""
+    """Backbone + CosFace head.
+
+    ``forward(images)`` gives cosines; ``forward(images, labels)`` gives the margin logits that the training
+    loss and the crafter see (one call, so it also works through DDP); ``embed`` gives L2-normalized
+    embeddings.
+    """
 
     def __init__(self, backbone: nn.Module, head: CosFaceHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        cosines = self.head(self.backbone(images))
+        return cosines if labels is None else self.head.margin_logits(cosines, labels)
 
     def logits(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Margin logits of (images, labels): what the training loss and the crafter see."""
-        return self.head.margin_logits(self(images), labels)
+        """Margin logits of (images, labels)."""
+        return self(images, labels)
 
     def embed(self, images: Tensor) -> Tensor:
         return F.normalize(self.backbone(images), dim=1)

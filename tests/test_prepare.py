@@ -74,3 +74,30 @@ def test_prepare_bad_layout(photo_tree, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CFP layout" in err and not (tmp_path / "x.h5").exists()
     assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "x.h5")]) == 2
+
+
+def test_train_face_recognizer_on_prepared_set(photo_tree, tmp_path, capsys):
+    faces = tmp_path / "faces.h5"
+    assert main(["prepare", str(photo_tree), "--out", str(faces), "-q"]) == 0
+    idents = tmp_path / "ids.txt"
+    idents.write_text("bob\nanna\n")
+    ckpt = tmp_path / "face.pt"
+    cfg = tmp_path / "face.yaml"
+    cfg.write_text("model: {width: 4, embedding_size: 16}\ntrain: {warmup_epochs: 0.5, crop_padding: 2}\n")
+    assert main(["train", str(faces), "--out", str(ckpt), "--identities", str(idents), "--config", str(cfg),
+                 "--epochs", "2", "--batch-size", "2", "--lr", "0.01", "-q"]) == 0
+    meta = json.loads(ckpt.with_name(ckpt.name + ".json").read_text())
+    assert meta["kind"] == "face" and meta["classes"] == ["bob", "anna"] and meta["embedding_size"] == 16
+    assert meta["cosface_s"] == 64.0 and meta["cosface_m"] == 0.35 and len(meta["history"]) == 2
+    from facepoison.cli.common import load_classifier
+
+    model, _ = load_classifier(str(ckpt))
+    import torch
+
+    emb = model.eval().embed(torch.rand(2, 3, 112, 112))
+    assert emb.shape == (2, 16)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("carol\n")
+    capsys.readouterr()
+    assert main(["train", str(faces), "--out", str(tmp_path / "x.pt"), "--identities", str(bad), "-q"]) == 2
+    assert "carol" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""``facepoison train DATA --out CKPT``: train a classifier (surrogate or victim), optionally on poisons."""
+"""``facepoison train DATA --out CKPT``: train a classifier or a CosFace face recognizer (surrogate or
+victim), optionally with a poison store applied on top of the training images.
+
+DATA is an ImageFolder tree or cifar-10-batches-py folder (classification), or a face set from
+``facepoison prepare`` (FACES.h5: CosFace recognizer, restricted to ``--identities FILE`` if given).
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from eval.metrics import top1_accuracy
-from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, run_command
+from facepoison.cli.common import EXIT_OK, Progress, add_common, build_face_model, init_distributed, run_command
 from facepoison.config import TrainCommandConfig, load_config, to_dict
 from facepoison.data import ImageSet, has_split, load_dataset
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import PoisonedDataset, load_store
 from recognition.checkpoint import atomic_torch_save, save_checkpoint
+from recognition.faceset import FaceSet
 from recognition.models import create_model, default_normalization
-from recognition.train import predict, rank, train_classifier, world_size
+from recognition.train import cross_entropy_loss, predict, rank, train_classifier, world_size
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facepoison train", description=__doc__)
-    p.add_argument("data", help="ImageFolder root (train/, test/) or cifar-10-batches-py folder")
+    p.add_argument("data", help="ImageFolder root (train/, test/), cifar-10-batches-py folder, or FACES.h5")
     p.add_argument("--out", required=True, help="checkpoint to write (CKPT; CKPT.json gets the resolved config)")
+    p.add_argument("--identities", help="face sets: train on the identities named in this file, one per line")
     p.add_argument("--config", help="YAML config (sections data, model, train)")
-    p.add_argument("--model", help="resnet18 (CIFAR stem, default), resnet34, resnet50, or tv:<torchvision name>")
-    p.add_argument("--width", type=int, help="first-stage width of the CIFAR ResNets (default 64)")
+    p.add_argument("--model", help="resnet18 (default), resnet34, resnet50 (CIFAR stem, or the face backbone for "
+                   "face sets), or tv:<torchvision name>")
+    p.add_argument("--width", type=int, help="first-stage width of the ResNets (default 64)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -45,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
     return load_config(TrainCommandConfig, args.config, {
-        "data.root": args.data, "data.subset": args.subset, "data.subset_seed": args.subset_seed,
+        "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
+        "data.subset_seed": args.subset_seed,
         "data.image_size": args.image_size, "model.name": args.model, "model.width": args.width,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
         "train.seed": args.seed, "train.amp": args.amp, "poisons": args.poisons, "device": args.device,
@@ -58,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to retrain")
     _, _, device = init_distributed(cfg.device)
-    data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
     test = None
-    if cfg.test_split and has_split(cfg.data.root, cfg.test_split):
-        test = load_dataset(cfg.data.root, cfg.test_split, cfg.data.image_size)
+    if is_face_set(cfg.data.root):
+        data = load_face_data(cfg)
+    else:
+        data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset,
+                            cfg.data.subset_seed)
+        if cfg.test_split and has_split(cfg.data.root, cfg.test_split):
+            test = load_dataset(cfg.data.root, cfg.test_split, cfg.data.image_size)
     meta = train_checkpoint(cfg, data, test, out, device, fresh=args.overwrite, quiet=args.quiet)
     if meta is not None:
         summary = {k: meta[k] for k in ("test_accuracy", "test_images", "train_seconds") if k in meta}
@@ -69,8 +83,36 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def is_face_set(root: str) -> bool:
+    return Path(root).is_file()
+
+
+def read_identities(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"identities file {p} does not exist")
+    names = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not names:
+        raise UsageError(f"identities file {p} names no identity")
+    return names
+
+
+def load_face_data(cfg: TrainCommandConfig) -> FaceSet:
+    faces = FaceSet(cfg.data.root)
+    if cfg.data.identities:
+        faces = faces.restrict(read_identities(cfg.data.identities))
+    if len(faces) == 0:
+        raise UsageError(f"no faces to train on in {cfg.data.root}")
+    return faces
+
+
+def face_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CosFace loss: cross-entropy of the margin logits (the recognizer applies the margin given labels)."""
+    return F.cross_entropy(net(images, labels), labels)
+
+
 def train_checkpoint(
-    cfg: TrainCommandConfig, data: ImageSet, test: ImageSet | None, out: Path, device: torch.device,
+    cfg: TrainCommandConfig, data: ImageSet | FaceSet, test: ImageSet | None, out: Path, device: torch.device,
     fresh: bool = False, quiet: bool = False,
 ) -> dict | None:
     """Train on ``data`` (with ``cfg.poisons`` applied), evaluate on ``test``, save ``out`` (+ ``.json``).
@@ -82,9 +124,16 @@ def train_checkpoint(
     resume_path = out.with_name(out.name + ".resume.pt")
     if fresh and resume_path.exists():
         resume_path.unlink()
-    num_classes = len(data.classes)
+    faces = isinstance(data, FaceSet)
+    classes = data.identities if faces else data.classes
+    num_classes = len(classes)
     torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model.name, num_classes, width=cfg.model.width)
+    mc = cfg.model
+    if faces:
+        model = build_face_model(mc.name, num_classes, mc.width, mc.embedding_size, mc.dropout, mc.cosface_s,
+                                 mc.cosface_m)
+    else:
+        model = create_model(mc.name, num_classes, width=mc.width)
     dataset = data
     poison_info = None
     if cfg.poisons:
@@ -105,15 +154,21 @@ def train_checkpoint(
         atomic_torch_save({**state, "config": to_dict(cfg)}, resume_path)
 
     start = time.perf_counter()
-    history = train_classifier(model, dataset, cfg.train, device=device, resume=resume, on_epoch_end=on_epoch_end,
+    history = train_classifier(model, dataset, cfg.train, device=device, loss_fn=face_loss if faces else
+                               cross_entropy_loss, resume=resume, on_epoch_end=on_epoch_end,
                                progress=lambda step, steps, loss: bar.update(1, loss=f"{loss:.3f}"))
     bar.close()
     if rank() != 0:
         return None
-    mean, std = default_normalization(cfg.model.name)
-    meta = {"model": cfg.model.name, "width": cfg.model.width, "num_classes": num_classes, "classes": data.classes,
-            "image_shape": list(data.images.shape[1:]), "mean": list(mean), "std": list(std),
-            "config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world_size(),
+    meta = {"model": mc.name, "width": mc.width, "num_classes": num_classes, "classes": classes,
+            "image_shape": list(data[0][0].shape)}
+    if faces:
+        meta.update({"kind": "face", "embedding_size": mc.embedding_size, "dropout": mc.dropout,
+                     "cosface_s": mc.cosface_s, "cosface_m": mc.cosface_m})
+    else:
+        mean, std = default_normalization(mc.name)
+        meta.update({"kind": "classifier", "mean": list(mean), "std": list(std)})
+    meta |= {"config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world_size(),
             "train_seconds": time.perf_counter() - start, "code_revision": code_revision()}
     if test is not None:
         logits, labels = predict(model, test, device=device)

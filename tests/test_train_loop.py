@@ -1,0 +1,45 @@
+import torch
+
+from facepoison.data import ImageSet
+from recognition.models import create_model
+from recognition.train import TrainConfig, learning_rate, train_classifier
+
+
+def tiny_set(n=24):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % 2
+    images[labels == 1, 0] //= 2  # something to learn
+    return ImageSet(images, labels, torch.arange(n), [f"{i}.png" for i in range(n)], ["a", "b"])
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run():
+    data, cfg = tiny_set(), TrainConfig(epochs=3, batch_size=8, lr=0.05, warmup_epochs=0.5, crop_padding=1)
+    torch.manual_seed(0)
+    full = create_model("resnet18", 2, width=2)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    train_classifier(full, data, cfg)
+
+    states = {}
+    partial = create_model("resnet18", 2, width=2)
+    partial.load_state_dict(init)
+
+    def stop_after_first(epoch, state):
+        states[epoch] = state
+        raise KeyboardInterrupt  # the run dies right after saving epoch 0
+
+    try:
+        train_classifier(partial, data, cfg, on_epoch_end=stop_after_first)
+    except KeyboardInterrupt:
+        pass
+    resumed = create_model("resnet18", 2, width=2)
+    train_classifier(resumed, data, cfg, resume=states[0])
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1, milestones=(0.5, 0.8), gamma=0.1)
+    assert learning_rate(cfg, 0.0) < 0.01 and abs(learning_rate(cfg, 0.5) - 0.05) < 1e-3
+    assert learning_rate(cfg, 2) == 0.1
+    assert abs(learning_rate(cfg, 5) - 0.01) < 1e-12 and abs(learning_rate(cfg, 9) - 0.001) < 1e-12
