@@ -58,3 +58,25 @@ def test_backbone_shapes_and_finite_gradients(name):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="resnet18, resnet34, resnet50"):
         create_backbone("mobilefacenet")
+
+
+def test_embeddings_flip_tta_and_storage(tmp_path):
+    from recognition.embed import embed_dataset, load_embeddings, save_embeddings
+
+    torch.manual_seed(0)
+    model = FaceRecognizer(create_backbone("resnet18", width=2, embedding_size=8), CosFaceHead(8, 2)).eval()
+    images = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8)
+    data = [(images[i], i % 2) for i in range(3)]
+    emb = embed_dataset(model, data, batch_size=2)
+    assert emb.shape == (3, 8)
+    np_norm = (emb**2).sum(1) ** 0.5
+    assert abs(np_norm - 1).max() < 1e-5
+    x = images.float() / 255
+    with torch.no_grad():
+        ref = F.normalize(model.backbone(x) + model.backbone(x.flip(-1)), dim=1).numpy()
+    assert abs(emb - ref).max() < 1e-5
+    mirrored = embed_dataset(model, [(images[i].flip(-1), 0) for i in range(3)])
+    assert abs(mirrored - emb).max() < 1e-4  # flip TTA makes the embedding mirror-invariant
+    save_embeddings(tmp_path / "e.h5", emb, [0, 1, 0], model="m")
+    e2, l2 = load_embeddings(tmp_path / "e.h5")
+    assert (e2 == emb).all() and l2.tolist() == [0, 1, 0]
