@@ -61,6 +61,7 @@ class BenchmarkConfig:
     run_dir: str = "runs/cifar_cpu"
     time_budget_s: float | None = None
     ratio_steps: int = 4
+    ratio_trials: int = 5
 
 
 def machine_name(device: torch.device) -> str:
@@ -103,12 +104,20 @@ def measure_step_ratio(cfg: BenchmarkConfig, model: torch.nn.Module, data, devic
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / reps
 
-    train_s = timed(train_step, 2 * k)
-    call0 = timed(lambda: crafters[0](x, y, generator=torch.Generator().manual_seed(0)), 2)
-    callk = timed(lambda: crafters[1](x, y, generator=torch.Generator().manual_seed(0)), 2)
-    craft_s = (callk - call0) / k
+    # Timings on a shared CPU drift by ±10%: interleave the two measurements over several trials and
+    # report the median ratio with its range.
+    trials = []
+    for _ in range(cfg.ratio_trials):
+        train_s = timed(train_step, 2 * k)
+        call0 = timed(lambda: crafters[0](x, y, generator=torch.Generator().manual_seed(0)), 2)
+        callk = timed(lambda: crafters[1](x, y, generator=torch.Generator().manual_seed(0)), 2)
+        trials.append((train_s, (callk - call0) / k))
+    ratios = sorted(c / t for t, c in trials)
+    train_s = statistics.median(t for t, _ in trials)
+    craft_s = statistics.median(c for _, c in trials)
     return {"batch": cfg.craft_batch_size, "train_step_s": train_s, "craft_step_s": craft_s,
-            "ratio": craft_s / train_s, "image_steps_per_s": cfg.craft_batch_size / craft_s}
+            "ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "trials": len(trials), "image_steps_per_s": cfg.craft_batch_size / craft_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +269,9 @@ def render_report(results: dict, config_path: str) -> str:
         precision = "bfloat16 autocast" if cfg["victim"].get("amp") else "float32"
         lines += ["", f"Cost of one crafting step (alignment, batch {sr['batch']}, float32): "
                   f"{sr['craft_step_s']:.3f} s vs {sr['train_step_s']:.3f} s for a training step on the same batch "
-                  f"({precision}, the victims' setting): **ratio {sr['ratio']:.2f}×**."]
+                  f"({precision}, the victims' setting): **ratio {sr['ratio']:.2f}×**"
+                  + (f" (median of {sr['trials']} trials, range {sr['ratio_min']:.2f}–{sr['ratio_max']:.2f})."
+                     if "trials" in sr else ".")]
     crafting = results.get("crafting", {})
     if crafting:
         lines += ["", "| poison set | crafting seconds | image-steps/s |", "|---|---|---|"]
