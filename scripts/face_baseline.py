@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}", "date": datetime.now(timezone.utc)
         .strftime("%Y-%m-%d %H:%M UTC"), "code_revision": code_revision(),
         "train": {"identities": num_classes, "faces": len(train), "epochs": args.epochs, "width": args.width,
-                  "seconds": round(train_s, 1), "final_loss": history[-1]["loss"],
-                  "images_per_s": history[-1]["images_per_s"]},
+                  "seconds": round(train_s, 1), "final_loss": history[-1]["loss"] if history else None,
+                  "images_per_s": history[-1]["images_per_s"] if history else None},
         "identification": {"top1": ident[1], "top5": ident[5], "queries": int(len(q)), "gallery": int(len(g)),
                            "identities": len(heldout), "protocol": "half of each identity's faces in the gallery"},
         "verification": verification, "eval_folds": eval_folds, "total_seconds": round(time.perf_counter() - t0, 1),
