@@ -31,7 +31,7 @@ from facepoison.cli.train import face_loss
 from facepoison.provenance import code_revision
 from recognition.embed import embed_dataset
 from recognition.faceset import FaceSet
-from recognition.splits import cfp_fold_identities, face_counts, heldout_split
+from recognition.splits import cfp_fold_identities, face_counts, heldout_split, write_identities
 from recognition.train import TrainConfig, train_classifier
 
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--out", default="docs/results/faces_baseline_cpu.json")
+    p.add_argument("--splits-out", help="also write the identity split files used (one identity per line) here")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     celeba = FaceSet(args.celeba)
@@ -69,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = (int(v) for v in args.train_folds.split("-"))
     train_ids = sorted({i for f in range(lo, hi + 1) for i in folds[f]})
     eval_folds = [f for f in folds if not lo <= f <= hi]
+    if args.splits_out:
+        out = Path(args.splits_out)
+        out.mkdir(parents=True, exist_ok=True)
+        seed_note = f"heldout_split(n={args.heldout}, min_photos=20, seed=0) of {args.celeba}"
+        write_identities(out / "celeba_release.txt", release, f"CelebA-wild release identities; {seed_note}")
+        write_identities(out / "celeba_heldout.txt", heldout, f"CelebA-wild held-out identities; {seed_note}")
+        for f, ids in folds.items():
+            write_identities(out / f"cfp_fold{f:02d}.txt", ids, f"CFP identities in FP/FF protocol fold {f}")
     train_sets = [celeba.restrict(release), cfp.restrict(train_ids)]
     train = ConcatDataset([Relabeled(train_sets[0], 0), Relabeled(train_sets[1], len(release))])
     num_classes = len(release) + len(train_ids)
