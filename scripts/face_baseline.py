@@ -31,7 +31,7 @@ from facepoison.cli.train import face_loss
 from facepoison.provenance import code_revision
 from recognition.embed import embed_dataset
 from recognition.faceset import FaceSet
-from recognition.splits import cfp_fold_identities, face_counts, heldout_split, write_identities
+from recognition.splits import cfp_fold_identities, face_counts, heldout_split, lfw_overlap, write_identities
 from recognition.train import TrainConfig, train_classifier
 
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--out", default="docs/results/faces_baseline_cpu.json")
+    p.add_argument("--exclude-lfw", help="cfp_lfw_name_overlap.tsv: keep CFP identities who are in LFW out of training")
     p.add_argument("--splits-out", help="also write the identity split files used (one identity per line) here")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     folds = cfp_fold_identities(args.cfp_root)
     lo, hi = (int(v) for v in args.train_folds.split("-"))
     train_ids = sorted({i for f in range(lo, hi + 1) for i in folds[f]})
+    if args.exclude_lfw:
+        train_ids = sorted(set(train_ids) - lfw_overlap(args.exclude_lfw))
     eval_folds = [f for f in folds if not lo <= f <= hi]
     if args.splits_out:
         out = Path(args.splits_out)

@@ -63,3 +63,27 @@ def test_ddp_training_runs(setup):
                  "--device", "cpu"), env)
     meta = json.loads(out.with_name(out.name + ".json").read_text())
     assert meta["world_size"] == 2 and 0 <= meta["test_accuracy"] <= 1
+
+
+def test_ddp_face_training_runs(tmp_path):
+    """CosFace training through DDP: the recognizer takes labels in forward, so DDP sees one call."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    src = tmp_path / "src"
+    for person, flip in (("anna", False), ("bob", True)):
+        (src / person).mkdir(parents=True)
+        for i in range(2):
+            img = skdata.astronaut()[:, ::-1] if flip else skdata.astronaut()
+            Image.fromarray(np.roll(img, 8 * i, axis=1)).save(src / person / f"{i}.jpg")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    faces = tmp_path / "faces.h5"
+    run([sys.executable, "-m", "facepoison", "prepare", str(src), "--out", str(faces), "-q"], env)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {width: 2, embedding_size: 8}\n")
+    out = tmp_path / "face.pt"
+    run(torchrun("train", str(faces), "--out", str(out), "--config", str(cfg), "--epochs", "1", "--batch-size", "4",
+                 "-q", "--device", "cpu"), env)
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
+    assert meta["kind"] == "face" and meta["world_size"] == 2
