@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recognition.backbones import create_backbone
+
 
 class CosFaceHead(nn.Module):
     """Cosine classifier with an additive cosine margin.
@@ -65,3 +67,10 @@ class FaceRecognizer(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         return F.normalize(self.backbone(images), dim=1)
+
+
+def create_recognizer(name: str, num_classes: int, width: int = 64, embedding_size: int = 512, dropout: float = 0.0,
+                      s: float = 64.0, m: float = 0.35) -> FaceRecognizer:
+    """A face backbone from :func:`~recognition.backbones.create_backbone` with a CosFace head."""
+    return FaceRecognizer(create_backbone(name, width=width, embedding_size=embedding_size, dropout=dropout),
+                          CosFaceHead(embedding_size, num_classes, s=s, m=m))

@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -82,7 +83,7 @@ def measure_step_ratio(cfg: BenchmarkConfig, model: torch.nn.Module, data, devic
     objective = create_objective("alignment", target)
     k = cfg.ratio_steps
     crafters = [PoisonCrafter(model, objective, dataclasses.replace(cfg.craft, steps=s), device=device) for s in (0, k)]
-    train_model = load_classifier(str(Path(cfg.run_dir) / "surrogate.pt"))[0].to(device)
+    train_model = copy.deepcopy(model).to(device)  # training steps must not change the surrogate
     opt = make_optimizer(train_model, cfg.victim)
     xd, yd = x.to(device), y.to(device)
 

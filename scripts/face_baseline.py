@@ -26,11 +26,11 @@ from torch.utils.data import ConcatDataset, Dataset
 from eval.benchmarks import load_cfp_pairs
 from eval.identification import gallery_probe_split, knn_topk
 from eval.verification import pair_scores, verify
-from facepoison.cli.common import build_face_model
 from facepoison.cli.train import face_loss
 from facepoison.provenance import code_revision
 from recognition.embed import embed_dataset
 from recognition.faceset import FaceSet
+from recognition.heads import create_recognizer
 from recognition.splits import cfp_fold_identities, face_counts, heldout_split, lfw_overlap, write_identities
 from recognition.train import TrainConfig, train_classifier
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     train = ConcatDataset([Relabeled(train_sets[0], 0), Relabeled(train_sets[1], len(release))])
     num_classes = len(release) + len(train_ids)
     torch.manual_seed(0)
-    model = build_face_model("resnet18", num_classes, args.width, 512, 0.0, 64.0, 0.35)
+    model = create_recognizer("resnet18", num_classes, width=args.width)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=1,
                       milestones=(0.6, 0.85), crop_padding=4, flip=True)
     t1 = time.perf_counter()

@@ -14,9 +14,8 @@ import torch.distributed as dist
 from torch import nn
 
 from facepoison.errors import UsageError
-from recognition.backbones import create_backbone
 from recognition.checkpoint import load_checkpoint
-from recognition.heads import CosFaceHead, FaceRecognizer
+from recognition.heads import create_recognizer
 from recognition.models import create_model
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -92,17 +91,10 @@ def resolve_device(name: str | None) -> torch.device:
 def build_classifier(meta: dict[str, Any]) -> nn.Module:
     """An untrained model of the architecture a checkpoint's meta records (classifier or face recognizer)."""
     if meta.get("kind") == "face":
-        return build_face_model(meta["model"], meta["num_classes"], meta["width"], meta["embedding_size"],
-                                meta.get("dropout", 0.0), meta["cosface_s"], meta["cosface_m"])
+        return create_recognizer(meta["model"], meta["num_classes"], meta["width"], meta["embedding_size"],
+                                 meta.get("dropout", 0.0), meta["cosface_s"], meta["cosface_m"])
     return create_model(meta["model"], meta["num_classes"], width=meta.get("width", 64),
                         mean=meta.get("mean"), std=meta.get("std"))
-
-
-def build_face_model(name: str, num_classes: int, width: int, embedding_size: int, dropout: float, s: float,
-                     m: float) -> nn.Module:
-    """Face backbone + CosFace head."""
-    return FaceRecognizer(create_backbone(name, width=width, embedding_size=embedding_size, dropout=dropout),
-                          CosFaceHead(embedding_size, num_classes, s=s, m=m))
 
 
 def load_classifier(path: str) -> tuple[nn.Module, dict[str, Any]]:

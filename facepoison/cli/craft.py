@@ -21,6 +21,8 @@ from facepoison.losses import target_gradient
 from facepoison.objectives import OBJECTIVES, create_objective
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import FORMAT, StoreWriter, done_chunks, merge_parts, part_paths
+from recognition.train import rank as process_rank
+from recognition.train import world_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +129,7 @@ def craft_store(
     Under torchrun every rank takes every W-th unfinished chunk and writes its own part file; rank 0
     merges them. Returns a small report on rank 0 (None elsewhere).
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = process_rank(), world_size()
     if meta["num_classes"] != len(data.classes):
         raise UsageError(f"surrogate {cfg.surrogate} has {meta['num_classes']} classes, the data has "
                          f"{len(data.classes)}: it was not trained on this data")

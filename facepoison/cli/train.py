@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.metrics import top1_accuracy
-from facepoison.cli.common import EXIT_OK, Progress, add_common, build_face_model, init_distributed, run_command
+from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, run_command
 from facepoison.config import TrainCommandConfig, load_config, to_dict
 from facepoison.data import ImageSet, has_split, load_dataset
 from facepoison.errors import UsageError
@@ -25,6 +25,7 @@ from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import PoisonedDataset, load_store
 from recognition.checkpoint import atomic_torch_save, save_checkpoint
 from recognition.faceset import FaceSet
+from recognition.heads import create_recognizer
 from recognition.models import create_model, default_normalization
 from recognition.train import cross_entropy_loss, predict, rank, train_classifier, world_size
 
@@ -130,8 +131,8 @@ def train_checkpoint(
     torch.manual_seed(cfg.train.seed)
     mc = cfg.model
     if faces:
-        model = build_face_model(mc.name, num_classes, mc.width, mc.embedding_size, mc.dropout, mc.cosface_s,
-                                 mc.cosface_m)
+        model = create_recognizer(mc.name, num_classes, mc.width, mc.embedding_size, mc.dropout, mc.cosface_s,
+                                  mc.cosface_m)
     else:
         model = create_model(mc.name, num_classes, width=mc.width)
     dataset = data
