@@ -34,7 +34,12 @@ def run_command(
         return EXIT_USAGE if exc.code else EXIT_OK
     setup_logging(getattr(args, "verbose", False))
     try:
-        return run(args)
+        code = run(args)
+        if dist.is_available() and dist.is_initialized():
+            # Ranks leave together: a rank that tears its gloo group down while rank 0 still evaluates and
+            # saves can abort at exit ("terminate called without an active exception").
+            dist.barrier()
+        return code
     except (UsageError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("FACEPOISON_DEBUG"):
             raise
