@@ -53,7 +53,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model; ``embedding_size``, ``dropout`` and the CosFace ``s``/``m`` apply to face recognizers."""
+    """The model; ``embedding_size``, ``dropout``, the CosFace ``s``/``m`` and ``stem_stride`` (1, or 2 for a
+    quarter of the compute) apply to face recognizers."""
 
     name: str = "resnet18"
     width: int = 64
@@ -61,6 +62,7 @@ class ModelConfig:
     dropout: float = 0.0
     cosface_s: float = 64.0
     cosface_m: float = 0.35
+    stem_stride: int = 1
 
 
 @dataclass(frozen=True)

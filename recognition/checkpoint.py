@@ -61,3 +61,19 @@ def load_checkpoint(
         first = str(exc).splitlines()[0]
         raise ValueError(f"checkpoint {path} does not match the model {meta.get('model')!r}: {first}") from exc
     return model, meta
+
+
+def export_half(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Copy a checkpoint with its floating-point tensors in fp16 (half the size; loading casts them back).
+
+    The meta keeps what rebuilds the model and drops the training history. Returns the written size.
+    """
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    keep = ("kind", "model", "width", "num_classes", "classes", "image_shape", "embedding_size", "dropout",
+            "cosface_s", "cosface_m", "stem_stride", "config", "train_seconds", "code_revision")
+    meta = {k: ckpt["meta"][k] for k in keep if k in ckpt["meta"]} | {"dtype": "float16"}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"state_dict": state, "meta": meta}, dst)
+    return {"path": str(dst), "bytes": dst.stat().st_size}

@@ -77,6 +77,7 @@ class FaceDetector:
         from facenet_pytorch import MTCNN
 
         self.score_threshold = score_threshold
+        self.min_face_size = min_face_size
         self.pad = pad
         self.mtcnn = MTCNN(min_face_size=min_face_size, keep_all=True, select_largest=False, post_process=False,
                            device=torch.device(device))
@@ -88,6 +89,8 @@ class FaceDetector:
         for i, img in enumerate(images):
             groups.setdefault(img.shape, []).append(i)
         for shape, indices in groups.items():
+            if min(shape[:2]) < self.min_face_size:  # no face of the minimum size fits (MTCNN would fail)
+                continue
             p = int(round(self.pad * max(shape[:2])))
             batch = np.stack([images[i] for i in indices])
             if p > 0:

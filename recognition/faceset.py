@@ -180,6 +180,23 @@ class FaceSet(Dataset):
         sub.ids = self.ids[keep]
         return sub
 
+    @staticmethod
+    def concat(parts: dict[str, FaceSet]) -> FaceSet:
+        """One set from several, identities named ``<part>/<identity>`` so they cannot collide; ids run on
+        across parts (``ids`` of part k are offset by the sizes of the parts before it)."""
+        out = object.__new__(FaceSet)
+        out.jpeg, out.identities, out.paths, out.poses, labels = [], [], [], [], []
+        for name, part in parts.items():
+            labels.append(part.labels + len(out.identities))
+            out.identities += [f"{name}/{identity}" for identity in part.identities]
+            out.jpeg += part.jpeg
+            out.paths += [f"{name}/{p}" for p in part.paths]
+            out.poses += part.poses
+        out.labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        out.ids = torch.arange(len(out.labels))
+        out.attrs = {"format": FORMAT, "parts": json.dumps(list(parts))}
+        return out
+
     def __len__(self) -> int:
         return len(self.labels)
 

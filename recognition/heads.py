@@ -70,7 +70,8 @@ class FaceRecognizer(nn.Module):
 
 
 def create_recognizer(name: str, num_classes: int, width: int = 64, embedding_size: int = 512, dropout: float = 0.0,
-                      s: float = 64.0, m: float = 0.35) -> FaceRecognizer:
+                      s: float = 64.0, m: float = 0.35, stem_stride: int = 1) -> FaceRecognizer:
     """A face backbone from :func:`~recognition.backbones.create_backbone` with a CosFace head."""
-    return FaceRecognizer(create_backbone(name, width=width, embedding_size=embedding_size, dropout=dropout),
+    return FaceRecognizer(create_backbone(name, width=width, embedding_size=embedding_size, dropout=dropout,
+                                          stem_stride=stem_stride),
                           CosFaceHead(embedding_size, num_classes, s=s, m=m))

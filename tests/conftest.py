@@ -61,6 +61,37 @@ def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data")
 
 
+def write_face_set(path: Path, identities: int = 4, per_identity: int = 6, seed: int = 0) -> Path:
+    """A prepared face set (FACES.h5) of random 112×112 faces with an identity-specific tint."""
+    from recognition.faceset import FaceRecord, assemble, encode_jpeg, write_journal_batch
+
+    rng = np.random.default_rng(seed)
+    names = [f"id{k:02d}" for k in range(identities)]
+    records = []
+    for k, name in enumerate(names):
+        for i in range(per_identity):
+            pixels = rng.integers(0, 200, (112, 112, 3), dtype=np.uint8)
+            pixels[..., k % 3] += 55
+            records.append(FaceRecord(path=f"{name}/{i:03d}.jpg", identity=name, jpeg=encode_jpeg(pixels, 90)))
+    write_journal_batch(path, 0, records)
+    assemble(path, names, {"layout": "folders", "source": "synthetic", "quality": 90})
+    return path
+
+
+def write_face_checkpoint(path: Path, num_classes: int = 4, seed: int = 0, width: int = 4) -> Path:
+    """An untrained tiny CosFace recognizer saved as ``facepoison train`` would."""
+    from recognition.checkpoint import save_checkpoint
+    from recognition.heads import create_recognizer
+
+    torch.manual_seed(seed)
+    model = create_recognizer("resnet18", num_classes, width=width, embedding_size=32)
+    meta = {"kind": "face", "model": "resnet18", "width": width, "num_classes": num_classes,
+            "classes": [f"id{k:02d}" for k in range(num_classes)], "embedding_size": 32, "dropout": 0.0,
+            "cosface_s": 64.0, "cosface_m": 0.35, "stem_stride": 1, "config": {}}
+    save_checkpoint(path, model.eval(), meta)
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

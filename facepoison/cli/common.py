@@ -97,7 +97,8 @@ def build_classifier(meta: dict[str, Any]) -> nn.Module:
     """An untrained model of the architecture a checkpoint's meta records (classifier or face recognizer)."""
     if meta.get("kind") == "face":
         return create_recognizer(meta["model"], meta["num_classes"], meta["width"], meta["embedding_size"],
-                                 meta.get("dropout", 0.0), meta["cosface_s"], meta["cosface_m"])
+                                 meta.get("dropout", 0.0), meta["cosface_s"], meta["cosface_m"],
+                                 meta.get("stem_stride", 1))
     return create_model(meta["model"], meta["num_classes"], width=meta.get("width", 64),
                         mean=meta.get("mean"), std=meta.get("std"))
 

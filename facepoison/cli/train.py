@@ -132,7 +132,7 @@ def train_checkpoint(
     mc = cfg.model
     if faces:
         model = create_recognizer(mc.name, num_classes, mc.width, mc.embedding_size, mc.dropout, mc.cosface_s,
-                                  mc.cosface_m)
+                                  mc.cosface_m, mc.stem_stride)
     else:
         model = create_model(mc.name, num_classes, width=mc.width)
     dataset = data
@@ -165,7 +165,7 @@ def train_checkpoint(
             "image_shape": list(data[0][0].shape)}
     if faces:
         meta.update({"kind": "face", "embedding_size": mc.embedding_size, "dropout": mc.dropout,
-                     "cosface_s": mc.cosface_s, "cosface_m": mc.cosface_m})
+                     "cosface_s": mc.cosface_s, "cosface_m": mc.cosface_m, "stem_stride": mc.stem_stride})
     else:
         mean, std = default_normalization(mc.name)
         meta.update({"kind": "classifier", "mean": list(mean), "std": list(std)})
