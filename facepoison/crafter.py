@@ -167,7 +167,8 @@ class PoisonCrafter:
         if images.min() < 0 or images.max() > 1:
             raise ValueError("images must be in [0, 1]")
         generator = generator if generator is not None else torch.Generator().manual_seed(self.config.seed)
-        images, labels = images.to(self.device), labels.to(self.device)
+        # contiguous NCHW: a channels-last batch made the CPU double backward corrupt memory (torch 2.14.1)
+        images, labels = images.to(self.device).contiguous(), labels.to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:

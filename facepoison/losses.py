@@ -79,7 +79,7 @@ def target_gradient(
     total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
     try:
         for images, labels in batches:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device).contiguous(), labels.to(device)
             loss = reverse_cross_entropy(fn(images, labels), labels).sum()
             total += flat_grad(loss, params).float()
     finally:

@@ -7,13 +7,14 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {
+    "protect": ("facepoison.cli.protect", "protect every face in folders of photos (same names and formats)"),
     "prepare": ("facepoison.cli.prepare", "detect, align and store identity-labelled faces in one HDF5 file"),
     "train": ("facepoison.cli.train", "train a classifier (surrogate or victim), optionally on poisons"),
     "craft": ("facepoison.cli.craft", "craft poisons against a surrogate into an HDF5 store"),
     "export": ("facepoison.cli.export", "write a poisoned set as lossless PNGs mirroring the input tree"),
-    "evaluate": ("facepoison.cli.evaluate", "test accuracy of a trained model"),
+    "evaluate": ("facepoison.cli.evaluate", "face identification/verification report, or classifier accuracy"),
 }
-PLANNED = {"protect", "experiment"}
+PLANNED = {"experiment"}
 
 
 def usage() -> str:

@@ -1,0 +1,246 @@
+"""``facepoison protect INPUT... --out OUT_DIR``: give every face in a folder of photos an alignment poison.
+
+The output folder mirrors the inputs' relative tree and file names; inputs are never modified. Each
+finished photo is written atomically and gets a line in ``OUT_DIR/manifest.jsonl`` at once, so a killed
+run (even with kill -9) resumes where it stopped; ``--overwrite`` redoes finished photos.
+
+Strength presets (``--eps`` and ``--steps`` override them)::
+
+    low   eps 4/255,  10 steps
+    mid   eps 8/255,  15 steps   (default)
+    high  eps 16/255, 30 steps
+
+Exit codes: 0 every photo handled, 1 some photos failed (listed at the end), 2 usage error (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from facepoison.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Progress,
+    add_common,
+    init_distributed,
+    resolve_device,
+    run_command,
+)
+from facepoison.config import parse_eps
+from facepoison.data import IMAGE_EXTENSIONS
+from facepoison.errors import UsageError
+from facepoison.protect import (
+    DEFAULT_SURROGATE,
+    IDENTITY_MODES,
+    PRESETS,
+    Item,
+    ProtectSettings,
+    Protector,
+    Surrogate,
+)
+
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".jfif"}
+MANIFEST = "manifest.jsonl"
+DONE = ("protected", "no_face")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facepoison protect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo folders (walked recursively) and files")
+    p.add_argument("--out", required=True, help="output folder (never inside an input folder)")
+    p.add_argument("--strength", choices=sorted(PRESETS), default="mid", help="preset of eps and steps")
+    p.add_argument("--eps", help="L-inf bound in /255 units (overrides the preset), e.g. 8")
+    p.add_argument("--steps", type=int, help="crafting steps (overrides the preset)")
+    p.add_argument("--surrogate", help="face recognizer checkpoint (default: the bundled surrogate)")
+    p.add_argument("--identities", choices=IDENTITY_MODES, default="folder",
+                   help="who is who: the photo's folder (default), clusters of embeddings, or every face alone")
+    p.add_argument("--batch-size", type=int, default=16, help="faces crafted together (default 16)")
+    p.add_argument("--format", choices=("keep", "png"), default="keep", help="keep each photo's format, or PNG")
+    p.add_argument("--no-face", choices=("copy", "skip"), default="copy",
+                   help="photos without a face: copy unchanged (default) or leave out")
+    gps = p.add_mutually_exclusive_group()
+    gps.add_argument("--strip-gps", dest="keep_gps", action="store_false", help="drop GPS metadata (default)")
+    gps.add_argument("--keep-gps", dest="keep_gps", action="store_true", help="keep GPS metadata")
+    p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo photos already finished in OUT_DIR")
+    p.add_argument("--report", action="store_true", help="also write OUT_DIR/contact_sheet.png (before/after)")
+    add_common(p)
+    p.set_defaults(keep_gps=False)
+    return p
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def collect(inputs: list[str], out: Path, identities: str) -> list[Item]:
+    """Every photo of the inputs with its output-relative path and identity group (checks before writing)."""
+    out = out.resolve()
+    items: list[Item] = []
+    for raw in inputs:
+        src = Path(raw)
+        if not src.exists():
+            raise UsageError(f"input {src} does not exist")
+        real = src.resolve()
+        if _inside(out, real) or _inside(real, out):
+            raise UsageError(f"--out {out} must not be inside the input {src} (nor the input inside it)")
+        if src.is_dir():
+            prefix = Path(real.name) if len(inputs) > 1 else Path()
+            for f in sorted(real.rglob("*")):
+                if f.is_file() and f.suffix.lower() in PHOTO_EXTENSIONS and not f.name.startswith("."):
+                    rel = prefix / f.relative_to(real)
+                    group = str(rel.parent) if identities != "auto" else "all"
+                    items.append(Item(f, str(rel), group))
+        else:
+            group = str(real.parent) if identities != "auto" else "all"
+            items.append(Item(real, real.name, group))
+    if not items:
+        raise UsageError(f"no photos found in {', '.join(inputs)} (extensions: {', '.join(sorted(PHOTO_EXTENSIONS))})")
+    seen: dict[str, Path] = {}
+    for it in items:
+        if it.rel in seen and seen[it.rel] != it.source:
+            raise UsageError(f"two inputs map to the same output {it.rel}: {seen[it.rel]} and {it.source}")
+        seen[it.rel] = it.source
+    return list({it.rel: it for it in items}.values())
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Last record per photo (a torn last line from a killed run is ignored)."""
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                records[rec["path"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+class ManifestWriter:
+    """Appends one JSON line per finished photo and makes it durable at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a line torn by a kill lacks its newline: start on a fresh line
+        needs_newline = path.is_file() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
+        self.fh = open(path, "a")  # noqa: SIM115 - kept open for the run
+        if needs_newline:
+            self.fh.write("\n")
+
+    def write(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def is_done(rec: dict | None, out: Path) -> bool:
+    if rec is None or rec.get("status") not in DONE:
+        return False
+    return "output" not in rec or (out / rec["output"]).is_file()
+
+
+def run(args: argparse.Namespace) -> int:
+    eps, steps = PRESETS[args.strength]
+    if args.eps is not None:
+        eps = parse_eps(args.eps)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UsageError("--steps must be >= 1")
+        steps = args.steps
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    items = collect(args.inputs, out, args.identities)
+    rank, world, device = init_distributed(args.device)
+    surrogate_path = Path(args.surrogate) if args.surrogate else DEFAULT_SURROGATE
+    if not surrogate_path.is_file():
+        raise UsageError(f"surrogate {surrogate_path} does not exist")
+    surrogate = Surrogate(surrogate_path, device)
+    settings = ProtectSettings(eps=eps, steps=steps, identities=args.identities, batch_size=args.batch_size,
+                               force_png=args.format == "png", no_face=args.no_face, keep_gps=args.keep_gps,
+                               min_face_size=args.min_face_size, seed=args.seed)
+
+    # Everything checked: from here on, outputs are written.
+    manifest_path = out / MANIFEST
+    previous = {} if args.overwrite else read_manifest(manifest_path)
+    for part in sorted(out.glob(f"{MANIFEST}.rank*")):  # parts of an interrupted torchrun
+        previous.update({} if args.overwrite else read_manifest(part))
+    shard = items[rank::world]
+    todo = {it.rel for it in shard if not is_done(previous.get(it.rel), out)}
+    groups: dict[str, list[Item]] = {}
+    for it in shard:
+        groups.setdefault(it.group, []).append(it)
+    writer = ManifestWriter(manifest_path if world == 1 else out / f"{MANIFEST}.rank{rank}")
+
+    def detector():
+        from recognition.detect import FaceDetector
+
+        return FaceDetector(min_face_size=args.min_face_size, device=resolve_device(args.device))
+
+    protector = Protector(surrogate, settings, out, detector)
+    bar = Progress(len(todo), "protect", "photo", enabled=not args.quiet)
+    results: dict[str, dict] = {}
+    start = time.perf_counter()
+    faces = 0
+    try:
+        for rec in protector.run(list(groups.values()), todo):
+            writer.write(rec)
+            results[rec["path"]] = rec
+            faces += rec.get("faces", 0) if rec["status"] == "protected" else 0
+            bar.update(1, faces=faces)
+    finally:
+        writer.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            merged = ManifestWriter(manifest_path)
+            for r in range(world):
+                part = out / f"{MANIFEST}.rank{r}"
+                for line in part.read_text().splitlines():
+                    if line.strip():
+                        merged.fh.write(line + "\n")
+                merged.fh.flush()
+            merged.close()
+            for r in range(world):
+                (out / f"{MANIFEST}.rank{r}").unlink()
+        dist.barrier()
+    if args.report and rank == 0:
+        from facepoison.report import contact_sheet
+
+        contact_sheet(items, out, read_manifest(manifest_path), out / "contact_sheet.png")
+    final = read_manifest(manifest_path) if rank == 0 else results
+    mine = {it.rel for it in shard} if world == 1 else {it.rel for it in items}
+    failed = sorted(p for p in mine if p in final and final[p]["status"].startswith("failed"))
+    counts = {s: sum(1 for p in mine if final.get(p, {}).get("status") == s) for s in DONE}
+    if rank == 0:
+        print(json.dumps({"out": str(out), "photos": len(mine), **counts, "failed": len(failed),
+                          "done_before": len(mine) - len(todo) if world == 1 else None,
+                          "faces_this_run": faces, "seconds": round(seconds, 1),
+                          "photos_per_s": round(len(results) / seconds, 3) if seconds > 0 and results else None,
+                          "surrogate_sha256": surrogate.sha256}))
+        for p in failed:
+            print(f"failed: {p}: {final[p]['status'][len('failed: '):]}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("protect", build_parser(), run, argv)
