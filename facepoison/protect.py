@@ -43,6 +43,7 @@ IDENTITY_MODES = ("folder", "auto", "single")
 # `auto`: faces closer than this cosine distance (average linkage) are one person.
 AUTO_DISTANCE = 0.6
 DETECT_MAX_SIDE = 1024
+DETECT_MIN_SIDE = 256
 
 
 @dataclass
@@ -125,13 +126,15 @@ class Surrogate:
 
 
 def detect_faces(detector, images: list[np.ndarray]) -> list[list]:
-    """Faces of each image, detected on a copy whose longer side is at most ``DETECT_MAX_SIDE``."""
+    """Faces of each image, detected on a copy whose longer side is at most ``DETECT_MAX_SIDE`` (large photos)
+    or at least ``DETECT_MIN_SIDE`` (thumbnails, whose faces are near MTCNN's smallest window)."""
     small, scales = [], []
     for img in images:
-        s = min(1.0, DETECT_MAX_SIDE / max(img.shape[:2]))
+        side = max(img.shape[:2])
+        s = min(1.0, DETECT_MAX_SIDE / side) if side > DETECT_MIN_SIDE else DETECT_MIN_SIDE / side
         scales.append(s)
         small.append(img if s == 1.0 else cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)),
-                                                     interpolation=cv2.INTER_AREA))
+                                                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC))
     found = detector.detect(small)
     return [[dataclasses.replace(f, landmarks=f.landmarks / s, box=f.box / s) for f in faces]
             for faces, s in zip(found, scales, strict=True)]

@@ -40,8 +40,8 @@ from facepoison.protect import (
     IDENTITY_MODES,
     PRESETS,
     Item,
-    ProtectSettings,
     Protector,
+    ProtectSettings,
     Surrogate,
 )
 
