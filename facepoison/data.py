@@ -51,6 +51,10 @@ class ImageSet(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return self.images[i], int(self.labels[i])
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
     def get_batch(self, positions: range | list[int] | Tensor) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(list(positions), dtype=torch.long)
         return self.images[idx], self.labels[idx]

@@ -200,5 +200,20 @@ class FaceSet(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def classes(self) -> list[str]:
+        """The identities (the crafting and training code calls them classes)."""
+        return self.identities
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3, 112, 112)
+
+    def get_batch(self, positions) -> tuple[Tensor, Tensor]:
+        """``(uint8 (B, 3, 112, 112), labels (B,))`` of the faces at ``positions``."""
+        pos = [int(i) for i in positions]
+        images = np.stack([decode_jpeg(self.jpeg[i]) for i in pos]) if pos else np.zeros((0, 112, 112, 3), np.uint8)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), self.labels[pos]
+
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return torch.from_numpy(decode_jpeg(self.jpeg[i]).copy()).permute(2, 0, 1), int(self.labels[i])

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, load_classifier, run_command
+from facepoison.cli.train import is_face_set, load_face_data
 from facepoison.config import CraftCommandConfig, load_config, parse_eps, to_dict
 from facepoison.crafter import PoisonCrafter, craft_dataset, num_chunks
 from facepoison.data import ImageSet, load_dataset
@@ -21,13 +22,16 @@ from facepoison.losses import target_gradient
 from facepoison.objectives import OBJECTIVES, create_objective
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.store import FORMAT, StoreWriter, done_chunks, merge_parts, part_paths
+from recognition.faceset import FaceSet
 from recognition.train import rank as process_rank
 from recognition.train import world_size
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facepoison craft", description=__doc__)
-    p.add_argument("data", help="ImageFolder root (train/, test/) or cifar-10-batches-py folder")
+    p.add_argument("data", help="ImageFolder root (train/, test/), cifar-10-batches-py folder, or FACES.h5 (a face "
+                   "set from facepoison prepare, crafted against a CosFace surrogate)")
+    p.add_argument("--identities", help="face sets: craft on the identities named in this file, one per line")
     p.add_argument("--surrogate", help="checkpoint of the surrogate (from facepoison train)")
     p.add_argument("--out", required=True, help="poison store to write (STORE.h5)")
     p.add_argument("--config", help="YAML config (sections data, craft; keys objective, surrogate, ...)")
@@ -68,7 +72,7 @@ def parse_regs(items: list[str] | None) -> dict[str, float] | None:
 
 def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
     return load_config(CraftCommandConfig, args.config, {
-        "data.root": args.data, "data.subset": args.subset, "data.subset_seed": args.subset_seed,
+        "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset, "data.subset_seed": args.subset_seed,
         "data.image_size": args.image_size, "surrogate": args.surrogate, "objective": args.objective,
         "craft.eps": parse_eps(args.eps) if args.eps is not None else None, "craft.steps": args.steps,
         "craft.restarts": args.restarts, "craft.independent": args.independent, "craft.step_size": args.step_size,
@@ -87,14 +91,14 @@ def target_positions(n: int, cfg: CraftCommandConfig) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
-def fingerprint(cfg: CraftCommandConfig, surrogate_sha: str, data: ImageSet) -> str:
+def fingerprint(cfg: CraftCommandConfig, surrogate_sha: str, data: ImageSet | FaceSet) -> str:
     """What a partial store must share with this run to be resumed: settings, surrogate and data."""
     settings = to_dict(cfg)
     settings.pop("device")
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(surrogate_sha.encode())
     digest.update(data.ids.numpy().tobytes())
-    digest.update(str(tuple(data.images.shape)).encode())
+    digest.update(str((len(data), *data.sample_shape)).encode())
     return digest.hexdigest()
 
 
@@ -108,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     rank, world, device = init_distributed(cfg.device)
     model, meta = load_classifier(cfg.surrogate)
-    data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset, cfg.data.subset_seed)
+    if is_face_set(cfg.data.root):
+        data = load_face_data(cfg)
+    else:
+        data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset,
+                            cfg.data.subset_seed)
     if args.overwrite and rank == 0:
         for p in [out, *part_paths(out, include_tmp=True)]:
             p.unlink(missing_ok=True)
@@ -121,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def craft_store(
-    cfg: CraftCommandConfig, data: ImageSet, model: torch.nn.Module, meta: dict, out: Path, device: torch.device,
-    quiet: bool = False,
+    cfg: CraftCommandConfig, data: ImageSet | FaceSet, model: torch.nn.Module, meta: dict, out: Path,
+    device: torch.device, quiet: bool = False,
 ) -> dict | None:
     """Craft poisons for ``data`` against ``model`` into the store ``out``, resuming finished chunks.
+
+    Face sets are crafted against a CosFace recognizer through its margin logits (``model.logits``).
 
     Under torchrun every rank takes every W-th unfinished chunk and writes its own part file; rank 0
     merges them. Returns a small report on rank 0 (None elsewhere).
@@ -133,9 +143,10 @@ def craft_store(
     if meta["num_classes"] != len(data.classes):
         raise UsageError(f"surrogate {cfg.surrogate} has {meta['num_classes']} classes, the data has "
                          f"{len(data.classes)}: it was not trained on this data")
-    if "image_shape" in meta and list(meta["image_shape"]) != list(data.images.shape[1:]):
+    if "image_shape" in meta and list(meta["image_shape"]) != list(data.sample_shape):
         raise UsageError(f"surrogate was trained on {meta['image_shape']} images, the data is "
-                         f"{list(data.images.shape[1:])}")
+                         f"{list(data.sample_shape)}")
+    logits_fn = model.logits if meta.get("kind") == "face" else None
     model.to(device)
     surrogate_sha = file_sha256(cfg.surrogate)
     fp = fingerprint(cfg, surrogate_sha, data)
@@ -148,10 +159,11 @@ def craft_store(
     if OBJECTIVES.get(cfg.objective).needs_target and todo:
         pos = target_positions(n, cfg)
         batches = (data.get_batch(pos[i : i + cfg.batch_size]) for i in range(0, len(pos), cfg.batch_size))
-        objective_target = target_gradient(model, ((x.float() / 255, y) for x, y in batches), device=device)
+        objective_target = target_gradient(model, ((x.float() / 255, y) for x, y in batches), logits_fn=logits_fn,
+                                           device=device)
     target_seconds = time.perf_counter() - t0
     objective = create_objective(cfg.objective, target=objective_target, independent=cfg.craft.independent)
-    crafter = PoisonCrafter(model, objective, cfg.craft, device=device)
+    crafter = PoisonCrafter(model, objective, cfg.craft, logits_fn=logits_fn, device=device)
 
     attrs = {"format": FORMAT, "eps": cfg.craft.eps, "objective": cfg.objective, "steps": cfg.craft.steps,
              "restarts": cfg.craft.restarts, "seed": cfg.craft.seed, "independent": cfg.craft.independent,
@@ -160,7 +172,7 @@ def craft_store(
     bound = int(round(cfg.craft.eps))
     craft_seconds, crafted = 0.0, 0
     if todo:
-        writer = StoreWriter(out, data.ids.numpy(), tuple(data.images.shape[1:]), cfg.batch_size, bound, attrs, rank)
+        writer = StoreWriter(out, data.ids.numpy(), tuple(data.sample_shape), cfg.batch_size, bound, attrs, rank)
         bar = Progress(n, "craft", "img", enabled=not quiet and rank == 0)
         bar.update(min(n, len(finished) * cfg.batch_size))
         try:
