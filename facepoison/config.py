@@ -97,8 +97,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _convert(args[0], value, where)
     if origin is tuple:
-        return tuple(float(v) for v in value) if not isinstance(value, (str, bytes)) else value
+        if isinstance(value, (str, bytes)):
+            return value
+        args = typing.get_args(tp)
+        elem = args[0] if args else float
+        if dataclasses.is_dataclass(elem):
+            return tuple(_convert(elem, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple((int if elem is int else float)(v) for v in value)
     if origin in (Mapping, dict) or tp in (Mapping, dict):
+        args = typing.get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in (value or {}).items()}
         return dict(value or {})
     if tp is bool and not isinstance(value, bool):
         raise UsageError(f"config key {where!r} must be true or false, got {value!r}")

@@ -15,6 +15,8 @@ embeddings (``auto``), or each face is its own identity (``single``).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 import time
 import zlib
@@ -42,6 +44,8 @@ PRESETS = {"low": (4.0, 10), "mid": (8.0, 15), "high": (16.0, 30)}
 IDENTITY_MODES = ("folder", "auto", "single")
 # `auto`: faces closer than this cosine distance (average linkage) are one person.
 AUTO_DISTANCE = 0.6
+MANIFEST = "manifest.jsonl"
+DONE = ("protected", "no_face")
 DETECT_MAX_SIDE = 1024
 DETECT_MIN_SIDE = 256
 
@@ -338,3 +342,68 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     if min(a.shape[:2]) < 7:
         return float("nan")
     return structural_similarity(a, b, data_range=255, channel_axis=2 if a.ndim == 3 else None)
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Last record per photo (a torn last line from a killed run is ignored)."""
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                records[rec["path"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+class ManifestWriter:
+    """Appends one JSON line per finished photo and makes it durable at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a line torn by a kill lacks its newline: start on a fresh line
+        needs_newline = path.is_file() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
+        self.fh = open(path, "a")  # noqa: SIM115 - kept open for the run
+        if needs_newline:
+            self.fh.write("\n")
+
+    def write(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def is_done(rec: dict | None, out: Path) -> bool:
+    """Finished in an earlier run (and its output still there)."""
+    if rec is None or rec.get("status") not in DONE:
+        return False
+    return "output" not in rec or (out / rec["output"]).is_file()
+
+
+def protect_photos(protector: Protector, groups: dict[str, list[Item]], todo: set[str], writer: ManifestWriter,
+                   quiet: bool = False) -> tuple[dict[str, dict], int, float]:
+    """Run ``protector`` over the photos in ``todo``, writing each record as it comes.
+
+    Returns (records of this run by path, faces protected, seconds).
+    """
+    from facepoison.cli.common import Progress
+
+    bar = Progress(len(todo), "protect", "photo", enabled=not quiet)
+    results: dict[str, dict] = {}
+    faces = 0
+    start = time.perf_counter()
+    try:
+        for rec in protector.run(list(groups.values()), todo):
+            writer.write(rec)
+            results[rec["path"]] = rec
+            faces += rec.get("faces", 0) if rec["status"] == "protected" else 0
+            bar.update(1, faces=faces)
+    finally:
+        writer.close()
+        bar.close()
+    return results, faces, time.perf_counter() - start

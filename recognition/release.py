@@ -38,13 +38,15 @@ class ReleaseSplit:
 
 def release_split(celeba: str | Path, cfp: str | Path, cfp_root: str | Path, n_heldout: int = 80,
                   min_photos: int = 20, seed: int = 0, train_folds: tuple[int, int] = (1, 7),
-                  exclude_lfw: str | Path | None = None, celeba_identities: int | None = None) -> ReleaseSplit:
+                  exclude_lfw: str | Path | None = None, celeba_identities: int | None = None,
+                  cfp_identities: int | None = None) -> ReleaseSplit:
     """Split the prepared sets (``FACES.h5`` paths) into release and held-out parts.
 
     Args:
         train_folds: inclusive range of CFP FP folds whose identities are released (trained on).
         exclude_lfw: ``cfp_lfw_name_overlap.tsv``; those CFP identities are kept out of the release set.
-        celeba_identities: keep only the first this many CelebA release identities (CPU-sized runs).
+        celeba_identities, cfp_identities: keep only the first this many CelebA / CFP release identities
+            (CPU-sized runs).
     """
     celeba_set = FaceSet(celeba)
     release, heldout = heldout_split(celeba_set.identities, face_counts(celeba_set.labels.numpy(),
@@ -58,6 +60,8 @@ def release_split(celeba: str | Path, cfp: str | Path, cfp_root: str | Path, n_h
     if exclude_lfw:
         cfp_ids = sorted(set(cfp_ids) - lfw_overlap(exclude_lfw))
     cfp_ids = [i for i in cfp_ids if i in set(cfp_set.identities)]
+    if cfp_identities is not None:
+        cfp_ids = cfp_ids[:cfp_identities]
     combined = FaceSet.concat({"celeba": celeba_set.restrict(release), "cfp": cfp_set.restrict(cfp_ids)})
     return ReleaseSplit(release=combined, heldout=celeba_set.restrict(heldout), celeba_release=release,
                         celeba_heldout=heldout, cfp_release=cfp_ids, cfp_folds=folds,

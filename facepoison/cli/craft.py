@@ -72,7 +72,8 @@ def parse_regs(items: list[str] | None) -> dict[str, float] | None:
 
 def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
     return load_config(CraftCommandConfig, args.config, {
-        "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset, "data.subset_seed": args.subset_seed,
+        "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
+        "data.subset_seed": args.subset_seed,
         "data.image_size": args.image_size, "surrogate": args.surrogate, "objective": args.objective,
         "craft.eps": parse_eps(args.eps) if args.eps is not None else None, "craft.steps": args.steps,
         "craft.restarts": args.restarts, "craft.independent": args.independent, "craft.step_size": args.step_size,

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from facepoison.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
-    Progress,
     add_common,
     init_distributed,
     resolve_device,
@@ -37,17 +34,21 @@ from facepoison.data import IMAGE_EXTENSIONS
 from facepoison.errors import UsageError
 from facepoison.protect import (
     DEFAULT_SURROGATE,
+    DONE,
     IDENTITY_MODES,
+    MANIFEST,
     PRESETS,
     Item,
+    ManifestWriter,
     Protector,
     ProtectSettings,
     Surrogate,
+    is_done,
+    protect_photos,
+    read_manifest,
 )
 
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".jfif"}
-MANIFEST = "manifest.jsonl"
-DONE = ("protected", "no_face")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,46 +113,6 @@ def collect(inputs: list[str], out: Path, identities: str) -> list[Item]:
     return list({it.rel: it for it in items}.values())
 
 
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Last record per photo (a torn last line from a killed run is ignored)."""
-    records: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                records[rec["path"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return records
-
-
-class ManifestWriter:
-    """Appends one JSON line per finished photo and makes it durable at once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a line torn by a kill lacks its newline: start on a fresh line
-        needs_newline = path.is_file() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
-        self.fh = open(path, "a")  # noqa: SIM115 - kept open for the run
-        if needs_newline:
-            self.fh.write("\n")
-
-    def write(self, record: dict) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def is_done(rec: dict | None, out: Path) -> bool:
-    if rec is None or rec.get("status") not in DONE:
-        return False
-    return "output" not in rec or (out / rec["output"]).is_file()
-
-
 def run(args: argparse.Namespace) -> int:
     eps, steps = PRESETS[args.strength]
     if args.eps is not None:
@@ -192,21 +153,8 @@ def run(args: argparse.Namespace) -> int:
 
         return FaceDetector(min_face_size=args.min_face_size, device=resolve_device(args.device))
 
-    protector = Protector(surrogate, settings, out, detector)
-    bar = Progress(len(todo), "protect", "photo", enabled=not args.quiet)
-    results: dict[str, dict] = {}
-    start = time.perf_counter()
-    faces = 0
-    try:
-        for rec in protector.run(list(groups.values()), todo):
-            writer.write(rec)
-            results[rec["path"]] = rec
-            faces += rec.get("faces", 0) if rec["status"] == "protected" else 0
-            bar.update(1, faces=faces)
-    finally:
-        writer.close()
-        bar.close()
-    seconds = time.perf_counter() - start
+    results, faces, seconds = protect_photos(Protector(surrogate, settings, out, detector), groups, todo, writer,
+                                             quiet=args.quiet)
     if world > 1:
         import torch.distributed as dist
 
