@@ -69,6 +69,8 @@ def verify(scores: np.ndarray, same: np.ndarray, folds: np.ndarray | int = 10) -
     if isinstance(folds, int):
         folds = np.arange(len(scores)) * folds // max(1, len(scores))
     folds = np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        raise ValueError("verification needs pairs in at least 2 folds (the threshold is chosen on the others)")
     accs, thrs = [], []
     for f in np.unique(folds):
         test = folds == f

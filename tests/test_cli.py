@@ -147,8 +147,8 @@ def test_unknown_model_and_bad_checkpoint(trained, tmp_path, capsys):
 
 def test_main_usage(capsys):
     assert main([]) == 2
-    assert main(["experiment"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert main(["nonsense"]) == 2
+    assert "unknown command" in capsys.readouterr().err
     assert main(["protect"]) == 2  # no INPUT
     assert main(["craft", "--help"]) == 0
 

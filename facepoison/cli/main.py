@@ -13,8 +13,9 @@ COMMANDS = {
     "craft": ("facepoison.cli.craft", "craft poisons against a surrogate into an HDF5 store"),
     "export": ("facepoison.cli.export", "write a poisoned set as lossless PNGs mirroring the input tree"),
     "evaluate": ("facepoison.cli.evaluate", "face identification/verification report, or classifier accuracy"),
+    "experiment": ("facepoison.cli.experiment", "the face experiment (paper Tables 6 and 7) from one config"),
 }
-PLANNED = {"experiment"}
+PLANNED: set[str] = set()
 
 
 def usage() -> str:

@@ -1,0 +1,57 @@
+"""``facepoison experiment CONFIG.yaml``: the face experiment (seed paper Tables 6 and 7) in one command.
+
+Every stage is cached under ``run_dir/<name>/`` and resumes after an interruption; the report goes to
+``report_dir/faces_<config>.md`` (+ ``.json``, ROC curves, a figure of poisoned faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from facepoison.cli.common import EXIT_OK, add_common, run_command
+from facepoison.config import load_config
+from facepoison.errors import UsageError
+from facepoison.experiment import ExperimentConfig, run_experiment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facepoison experiment", description=__doc__)
+    p.add_argument("config", help="YAML config, e.g. configs/faces_cpu.yaml")
+    p.add_argument("--run-dir", help="where stages cache their outputs (overrides run_dir)")
+    p.add_argument("--report-dir", help="where the report goes (overrides report_dir)")
+    p.add_argument("--lfw", help="LFW root, adds LFW verification (with --lfw-pairs)")
+    p.add_argument("--lfw-pairs", help="LFW View-2 pairs.txt")
+    p.add_argument("--bin", action="append", default=[], metavar="NAME=FILE.bin",
+                   help="adds an insightface .bin benchmark (AgeDB-30, VGG2-FP, ...)")
+    add_common(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    overrides = {"run_dir": args.run_dir, "report_dir": args.report_dir, "lfw": args.lfw,
+                 "lfw_pairs": args.lfw_pairs, "device": args.device}
+    cfg = load_config(ExperimentConfig, path, overrides)
+    if args.bin:
+        bins = dict(cfg.bins)
+        for spec in args.bin:
+            name, sep, file = spec.partition("=")
+            if not sep:
+                raise UsageError(f"--bin wants NAME=FILE.bin, got {spec!r}")
+            bins[name] = file
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, bins=bins)
+    if not cfg.poisons:
+        raise UsageError(f"{path} lists no poison runs (key poisons)")
+    result = run_experiment(cfg, path, quiet=args.quiet)
+    summary = {m["label"]: (m.get("identification") or {}).get("top1") for m in result["models"]}
+    print(json.dumps({"report_dir": cfg.report_dir, "top1": summary}))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("experiment", build_parser(), run, argv)

@@ -1,0 +1,96 @@
+"""The whole face experiment on a tiny config through the CLI: every stage, every report row and column."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageEnhance
+
+from facepoison.cli.main import main
+from tests.conftest import write_face_checkpoint
+
+ASTRONAUT = Path(__file__).resolve().parent.parent / "examples" / "astronaut.png"
+
+
+def variant(k: int) -> Image.Image:
+    img = Image.open(ASTRONAUT).convert("RGB").resize((160, 160))
+    if k % 2:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Brightness(img).enhance(0.85 + 0.05 * k)
+    return img.rotate(2 * (k - 2), fillcolor=(128, 128, 128))
+
+
+def write_sources(root: Path) -> tuple[Path, Path]:
+    celeba = root / "celeba"
+    for ident in range(5):
+        (celeba / f"{100 + ident}").mkdir(parents=True)
+        for k in range(3):
+            variant(k + ident).save(celeba / f"{100 + ident}" / f"{k:06d}.jpg", quality=92)
+    cfp = root / "cfp"
+    frontal, profile = [], []
+    for ident in ("001", "002", "003", "004", "005", "006"):
+        for pose, n in (("frontal", 2), ("profile", 1)):
+            folder = cfp / "Data" / "Images" / ident / pose
+            folder.mkdir(parents=True)
+            for k in range(n):
+                variant(k + 3).save(folder / f"{k + 1:02d}.jpg", quality=92)
+                (frontal if pose == "frontal" else profile).append(f"../Data/Images/{ident}/{pose}/{k + 1:02d}.jpg")
+    proto = cfp / "Protocol"
+    proto.mkdir(parents=True)
+    (proto / "Pair_list_F.txt").write_text("".join(f"{i + 1} {p}\n" for i, p in enumerate(frontal)))
+    (proto / "Pair_list_P.txt").write_text("".join(f"{i + 1} {p}\n" for i, p in enumerate(profile)))
+    # frontal index 2i+1, 2i+2 and profile index i+1 belong to identity i (0-based)
+    for fold, (a, b) in ((1, (0, 1)), (2, (2, 3)), (3, (4, 5))):
+        for protocol in ("FF", "FP"):
+            d = proto / "Split" / protocol / f"{fold:02d}"
+            d.mkdir(parents=True)
+            second = (lambda i: 2 * i + 2) if protocol == "FF" else (lambda i: i + 1)
+            (d / "same.txt").write_text(f"{2 * a + 1},{second(a)}\n{2 * b + 1},{second(b)}\n")
+            (d / "diff.txt").write_text(f"{2 * a + 1},{second(b)}\n{2 * b + 1},{second(a)}\n")
+    return celeba, cfp
+
+
+def test_tiny_experiment_end_to_end(tmp_path, capsys):
+    celeba, cfp = write_sources(tmp_path / "src")
+    tiny = {"name": "resnet18", "width": 4, "stem_stride": 2, "embedding_size": 32}
+    train = {"epochs": 1, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0, "crop_padding": 2}
+    config = {
+        "name": "tiny", "run_dir": str(tmp_path / "runs"), "report_dir": str(tmp_path / "report"),
+        "data": {"celeba_photos": str(celeba), "cfp_root": str(cfp), "lfw_overlap": None, "heldout": 2,
+                 "min_photos": 3, "train_folds": [1, 1]},
+        "surrogates": {"resnet18": tiny, "resnet50": {**tiny, "name": "resnet50"}},
+        "surrogate_train": train, "victim": tiny, "victim_train": train,
+        "craft": {"steps": 2}, "craft_batch_size": 8,
+        "poisons": [{"objective": "alignment", "eps": e} for e in (8, 16, 32)]
+        + [{"objective": "alignment", "eps": 8, "surrogate": "resnet50"}]
+        + [{"objective": o, "eps": e} for o in ("random", "tensorclog") for e in (8, 16)],
+        "protect": {"surrogate": str(write_face_checkpoint(tmp_path / "protect_sur.pt", width=4)), "steps": 1},
+        "device": "cpu",
+    }
+    path = tmp_path / "faces_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(path), "-q"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = tmp_path / "report"
+    md = (report / "faces_tiny.md").read_text()
+    data = json.loads((report / "faces_tiny.json").read_text())
+    labels = [m["label"] for m in data["models"]]
+    expected = ["clean", "alignment 8/255 (R18)", "alignment 16/255 (R18)", "alignment 32/255 (R18)",
+                "alignment 8/255 (R50)", "random 8/255", "random 16/255", "tensorclog 8/255 (R18)",
+                "tensorclog 16/255 (R18)", "protect (bundled surrogate)"]
+    assert labels == expected and set(out["top1"]) == set(expected)
+    for label in expected:
+        assert f"| {label} |" in md
+    for column in ("held-out top-1", "held-out top-5", "CFP-FF", "CFP-FP"):
+        assert column in md
+    for m in data["models"]:
+        assert 0 <= m["identification"]["top1"] <= 1 and set(m["verification"]) == {"CFP-FF", "CFP-FP"}
+    assert "Table 7" in md and "Paper top-1" in md and "## Goals" in md
+    assert (report / "faces_tiny_roc.png").is_file() and (report / "faces_tiny_faces.png").is_file()
+    assert {"surrogate resnet18", "victim clean", "protect photos", "evaluate"} <= set(data["timings_s"])
+    # a second invocation finds every stage cached
+    assert main(["experiment", str(path), "-q"]) == 0
+    again = json.loads((report / "faces_tiny.json").read_text())
+    assert [m["identification"] for m in again["models"]] == [m["identification"] for m in data["models"]]
+    assert np.isfinite(again["total_wall_s_this_invocation"])
