@@ -348,7 +348,8 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, quiet: bool = False
     if protected is not None:
         folder, faces = protected
         out = folder / f"victim-{victim_key}.pt"
-        victims.append(("protect (bundled surrogate)", st.train("victim protect", cfg.victim, cfg.victim_train,
+        label = "protect (bundled surrogate)" if not cfg.protect.surrogate else "protect"
+        victims.append((label, st.train("victim protect", cfg.victim, cfg.victim_train,
                                                                 faces, out), {"kind": "protect",
                                                                               "faces": len(faces)}))
     # 6. evaluation

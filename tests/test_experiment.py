@@ -78,7 +78,7 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     labels = [m["label"] for m in data["models"]]
     expected = ["clean", "alignment 8/255 (R18)", "alignment 16/255 (R18)", "alignment 32/255 (R18)",
                 "alignment 8/255 (R50)", "random 8/255", "random 16/255", "tensorclog 8/255 (R18)",
-                "tensorclog 16/255 (R18)", "protect (bundled surrogate)"]
+                "tensorclog 16/255 (R18)", "protect"]
     assert labels == expected and set(out["top1"]) == set(expected)
     for label in expected:
         assert f"| {label} |" in md

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="resnet18 (default), resnet34, resnet50 (CIFAR stem, or the face backbone for "
                    "face sets), or tv:<torchvision name>")
     p.add_argument("--width", type=int, help="first-stage width of the ResNets (default 64)")
+    p.add_argument("--stem-stride", type=int, choices=(1, 2),
+                   help="face backbones: stride of the stem (1 standard, 2 for a quarter of the compute)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -58,6 +60,7 @@ def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
         "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
         "data.subset_seed": args.subset_seed,
         "data.image_size": args.image_size, "model.name": args.model, "model.width": args.width,
+        "model.stem_stride": args.stem_stride,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
         "train.seed": args.seed, "train.amp": args.amp, "poisons": args.poisons, "device": args.device,
     })
