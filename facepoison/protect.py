@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facepoison.crafter import CrafterConfig, PoisonCrafter
@@ -320,6 +321,8 @@ class Protector:
         extra = {"output": str(dst.relative_to(self.out_dir)), "format": fmt, "linf": linf, "bound": bound,
                  "ssim": round(float(_ssim(original, saved)), 5),
                  "psnr": round(float(peak_signal_noise_ratio(original, saved, data_range=255)), 3)}
+        if fmt == "JPEG":  # what re-encoding alone costs, for comparison with the measured L∞
+            extra["linf_jpeg_reencode_only"] = _jpeg_roundtrip_linf(photo, self.s.jpeg_quality)
         if photo.note:
             extra["note"] = photo.note
         r.seconds += time.perf_counter() - t0
@@ -336,6 +339,19 @@ def _format_of_suffix(suffix: str) -> str:
     s = suffix.lower()
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
             ".webp": "WEBP"}.get(s, "")
+
+
+def _jpeg_roundtrip_linf(photo, quality: int) -> int:
+    import io
+
+    from facepoison.photos import to_image
+
+    buf = io.BytesIO()
+    to_image(photo, photo.pixels()).save(buf, format="JPEG", quality=quality, subsampling=0)
+    back = np.asarray(Image.open(buf))
+    original = photo.pixels()
+    back = back if back.ndim == original.ndim else back[..., 0]
+    return int(np.abs(back.astype(np.int16) - original.astype(np.int16)).max())
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:

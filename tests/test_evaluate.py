@@ -57,6 +57,7 @@ def test_evaluate_end_to_end(fixtures, tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model"].endswith("clean.pt")
+    assert report["command"].startswith("facepoison evaluate --model clean=")
     assert set(report["verification"]) == {"LFW", "CFP-FF", "CFP-FP", "AgeDB-30"}
     for res in report["verification"].values():
         assert 0 <= res["accuracy"] <= 1 and 0 <= res["auc"] <= 1 and 0 <= res["tar_at_far_1e-3"] <= 1

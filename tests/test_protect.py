@@ -136,6 +136,8 @@ def test_exif_orientation_gps_and_metadata(protected, photos):
     # upright: the protected photo matches the original upright astronaut closely (JPEG both ways)
     diff = np.abs(np.asarray(rotated).astype(int) - np.asarray(astronaut()).astype(int)).mean()
     assert diff < 6
+    rec = manifest(out)["bob/2024/gps.jpg"]
+    assert rec["format"] == "JPEG" and rec["linf"] >= 8 and 0 <= rec["linf_jpeg_reencode_only"] < 255
     gps = Image.open(out / "bob/2024/gps.jpg").getexif()
     assert gps.get(ARTIST) == "NASA" and GPS_IFD not in gps
     dst = Image.open(out / "bob/2024/gps.jpg")
@@ -261,3 +263,24 @@ def test_resume_after_sigkill(tmp_path, surrogate):
         a = np.asarray(Image.open(src / f"p{k}.png")).astype(int)
         assert np.abs(a - np.asarray(Image.open(out / f"p{k}.png")).astype(int)).max() <= 8
     assert not list(out.glob(".*.tmp"))
+
+
+def test_readme_command_1_with_the_bundled_surrogate(tmp_path):
+    """README command 1: the bundled example photo, the bundled surrogate, default strength, offline."""
+    from facepoison.protect import DEFAULT_SURROGATE
+    from facepoison.provenance import file_sha256
+
+    readme = (ROOT / "README.md").read_text()
+    assert "facepoison protect examples/ --out protected/" in readme.split("**2.")[0]
+    assert DEFAULT_SURROGATE.is_file() and DEFAULT_SURROGATE.stat().st_size < 25e6
+    out = tmp_path / "protected"
+    assert main(["protect", str(ROOT / "examples"), "--out", str(out), "-q"]) == 0
+    rec = manifest(out)["astronaut.png"]
+    assert rec["status"] == "protected" and rec["faces"] == 1 and rec["eps"] == 8
+    assert rec["surrogate_sha256"] == file_sha256(DEFAULT_SURROGATE)
+    a = np.asarray(Image.open(ASTRONAUT)).astype(int)
+    b = np.asarray(Image.open(out / "astronaut.png")).astype(int)
+    assert 0 < np.abs(a - b).max() <= 8
+    # running it again finds the photo done
+    assert main(["protect", str(ROOT / "examples"), "--out", str(out), "-q"]) == 0
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 1

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -282,7 +283,7 @@ def run_faces(args: argparse.Namespace) -> int:
     first = reports[0]
     report = {"model": first["model"], "verification": first["verification"],
               "identification": first["identification"], "models": reports, "protocol": protocol,
-              "command": "facepoison evaluate " + " ".join(sys.argv[1:]),
+              "command": "facepoison evaluate " + shlex.join(args.argv),
               "machine": machine_name(device), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "code_revision": code_revision(), "seconds": round(time.perf_counter() - start, 1)}
     md = "\n\n".join([
@@ -315,4 +316,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("evaluate", build_parser(), run, argv)
+    argv = list(sys.argv[2:] if argv is None else argv)
+    parser = build_parser()
+    parser.set_defaults(argv=argv)  # recorded in the report
+    return run_command("evaluate", parser, run, argv)
