@@ -81,8 +81,11 @@ def load_lfw_pairs(root: str | Path, pairs_file: str | Path) -> PairSet:
     return PairSet("LFW", left, right, np.array(same), np.array(folds))
 
 
-def load_cfp_pairs(root: str | Path, protocol: str = "FP") -> PairSet:
+def load_cfp_pairs(root: str | Path, protocol: str = "FP", require_images: bool = True) -> PairSet:
     """CFP (``Protocol/Split/{FF,FP}/NN/{same,diff}.txt``, indexed through ``Pair_list_F.txt``/``_P.txt``).
+
+    ``require_images=False`` skips the check that every image exists (when the faces come from a prepared
+    face set, e.g. on a machine that holds only the protocol files and the prepared set).
 
     Raises:
         ValueError: not the CFP layout, or a pair naming a missing image.
@@ -111,7 +114,7 @@ def load_cfp_pairs(root: str | Path, protocol: str = "FP") -> PairSet:
                 if not line.strip():
                     continue
                 a, b = (int(v) for v in line.split(","))
-                for path in (frontal[a], second[b]):
+                for path in (frontal[a], second[b]) if require_images else ():
                     if not Path(path).is_file():
                         raise ValueError(f"CFP pair names a missing image: {path}")
                 left.append(frontal[a])

@@ -94,3 +94,15 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     again = json.loads((report / "faces_tiny.json").read_text())
     assert [m["identification"] for m in again["models"]] == [m["identification"] for m in data["models"]]
     assert np.isfinite(again["total_wall_s_this_invocation"])
+
+
+def test_shipped_face_configs_parse():
+    from facepoison.config import TrainCommandConfig, load_config
+    from facepoison.experiment import ExperimentConfig
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for name in ("faces_cpu.yaml", "faces_gpu.yaml"):
+        cfg = load_config(ExperimentConfig, root / name, {})
+        assert len(cfg.poisons) == 8 and {"resnet18", "resnet50"} <= set(cfg.surrogates)
+    sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
+    assert sur.model.stem_stride == 2 and sur.model.width == 32

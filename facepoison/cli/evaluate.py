@@ -151,7 +151,7 @@ def load_benchmarks(args: argparse.Namespace) -> list[PairSet]:
     if args.cfp:
         folds = parse_folds(args.cfp_folds)
         for protocol in [s.strip().upper() for s in args.cfp_protocols.split(",") if s.strip()]:
-            pairs = load_cfp_pairs(args.cfp, protocol)
+            pairs = load_cfp_pairs(args.cfp, protocol, require_images=not args.cfp_faces)
             if folds is not None:
                 pairs = subset(pairs, np.isin(pairs.folds + 1, sorted(folds)))
                 if len(pairs) == 0:
