@@ -233,19 +233,7 @@ class Stages:
         p = self.cfg.protect
         if not p.enabled:
             return None
-        from facepoison.cli.common import resolve_device
-        from facepoison.protect import (
-            DEFAULT_SURROGATE,
-            MANIFEST,
-            Item,
-            ManifestWriter,
-            Protector,
-            ProtectSettings,
-            Surrogate,
-            is_done,
-            protect_photos,
-            read_manifest,
-        )
+        from facepoison.protect import DEFAULT_SURROGATE, MANIFEST, Item, ProtectSettings, Surrogate, protect_photos
         from recognition.faceset import FaceSet
 
         d = self.cfg.data
@@ -260,21 +248,8 @@ class Stages:
             items.append(Item(src_root / path, rel, f"{part}/{identity}"))
 
         def run_protect():
-            surrogate = Surrogate(sur_path, self.device)
             settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size)
-            previous = read_manifest(photos / MANIFEST)
-            todo = {it.rel for it in items if not is_done(previous.get(it.rel), photos)}
-            groups: dict[str, list[Item]] = {}
-            for it in items:
-                groups.setdefault(it.group, []).append(it)
-
-            def detector():
-                from recognition.detect import FaceDetector
-
-                return FaceDetector(device=resolve_device(self.cfg.device))
-
-            protect_photos(Protector(surrogate, settings, photos, detector), groups, todo,
-                           ManifestWriter(photos / MANIFEST), quiet=self.quiet)
+            protect_photos(items, photos, settings, Surrogate(sur_path, self.device), self.device, quiet=self.quiet)
 
         done_marker = photos / MANIFEST
         stamp = done_marker.with_name(done_marker.name + ".stage.json")

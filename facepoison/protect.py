@@ -401,14 +401,36 @@ def is_done(rec: dict | None, out: Path) -> bool:
     return "output" not in rec or (out / rec["output"]).is_file()
 
 
-def protect_photos(protector: Protector, groups: dict[str, list[Item]], todo: set[str], writer: ManifestWriter,
-                   quiet: bool = False) -> tuple[dict[str, dict], int, float]:
-    """Run ``protector`` over the photos in ``todo``, writing each record as it comes.
+def protect_photos(items: list[Item], out_dir: Path, settings: ProtectSettings, surrogate: Surrogate,
+                   device: torch.device, overwrite: bool = False, quiet: bool = False, rank: int = 0,
+                   world: int = 1) -> tuple[dict[str, dict], set[str], int, float]:
+    """Protect ``items`` (this rank's shard of them) into ``out_dir``, resuming from its manifest.
 
-    Returns (records of this run by path, faces protected, seconds).
+    Each finished photo's record is appended to ``manifest.jsonl`` (``manifest.jsonl.rank<r>`` under
+    torchrun) as it comes. Returns (records of this run by path, the paths that were to do, faces
+    protected, seconds).
     """
     from facepoison.cli.common import Progress
 
+    manifest_path = out_dir / MANIFEST
+    previous: dict[str, dict] = {}
+    if not overwrite:
+        previous = read_manifest(manifest_path)
+        for part in sorted(out_dir.glob(f"{MANIFEST}.rank*")):  # parts of an interrupted torchrun
+            previous.update(read_manifest(part))
+    shard = items[rank::world]
+    todo = {it.rel for it in shard if not is_done(previous.get(it.rel), out_dir)}
+    groups: dict[str, list[Item]] = {}
+    for it in shard:
+        groups.setdefault(it.group, []).append(it)
+    writer = ManifestWriter(manifest_path if world == 1 else out_dir / f"{MANIFEST}.rank{rank}")
+
+    def detector():
+        from recognition.detect import FaceDetector
+
+        return FaceDetector(min_face_size=settings.min_face_size, device=device)
+
+    protector = Protector(surrogate, settings, out_dir, detector)
     bar = Progress(len(todo), "protect", "photo", enabled=not quiet)
     results: dict[str, dict] = {}
     faces = 0
@@ -422,4 +444,4 @@ def protect_photos(protector: Protector, groups: dict[str, list[Item]], todo: se
     finally:
         writer.close()
         bar.close()
-    return results, faces, time.perf_counter() - start
+    return results, todo, faces, time.perf_counter() - start

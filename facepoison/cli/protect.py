@@ -26,7 +26,6 @@ from facepoison.cli.common import (
     EXIT_OK,
     add_common,
     init_distributed,
-    resolve_device,
     run_command,
 )
 from facepoison.config import parse_eps
@@ -40,10 +39,8 @@ from facepoison.protect import (
     PRESETS,
     Item,
     ManifestWriter,
-    Protector,
     ProtectSettings,
     Surrogate,
-    is_done,
     protect_photos,
     read_manifest,
 )
@@ -138,23 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything checked: from here on, outputs are written.
     manifest_path = out / MANIFEST
-    previous = {} if args.overwrite else read_manifest(manifest_path)
-    for part in sorted(out.glob(f"{MANIFEST}.rank*")):  # parts of an interrupted torchrun
-        previous.update({} if args.overwrite else read_manifest(part))
-    shard = items[rank::world]
-    todo = {it.rel for it in shard if not is_done(previous.get(it.rel), out)}
-    groups: dict[str, list[Item]] = {}
-    for it in shard:
-        groups.setdefault(it.group, []).append(it)
-    writer = ManifestWriter(manifest_path if world == 1 else out / f"{MANIFEST}.rank{rank}")
-
-    def detector():
-        from recognition.detect import FaceDetector
-
-        return FaceDetector(min_face_size=args.min_face_size, device=resolve_device(args.device))
-
-    results, faces, seconds = protect_photos(Protector(surrogate, settings, out, detector), groups, todo, writer,
-                                             quiet=args.quiet)
+    results, todo, faces, seconds = protect_photos(items, out, settings, surrogate, device, overwrite=args.overwrite,
+                                                   quiet=args.quiet, rank=rank, world=world)
     if world > 1:
         import torch.distributed as dist
 
@@ -176,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
         contact_sheet(items, out, read_manifest(manifest_path), out / "contact_sheet.png")
     final = read_manifest(manifest_path) if rank == 0 else results
-    mine = {it.rel for it in shard} if world == 1 else {it.rel for it in items}
+    mine = {it.rel for it in items}
     failed = sorted(p for p in mine if p in final and final[p]["status"].startswith("failed"))
     counts = {s: sum(1 for p in mine if final.get(p, {}).get("status") == s) for s in DONE}
     if rank == 0:
