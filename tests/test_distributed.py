@@ -95,3 +95,27 @@ def test_ddp_face_training_runs(tmp_path):
                  "-q", "--device", "cpu"), env, tolerate_teardown_abort=True)
     meta = json.loads(out.with_name(out.name + ".json").read_text())
     assert meta["kind"] == "face" and meta["world_size"] == 2
+
+
+def test_protect_under_torchrun_shards_and_merges_manifests(tmp_path):
+    """Each rank protects a disjoint shard of the photos; rank 0 merges the manifests into one."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .conftest import write_face_checkpoint
+
+    astronaut = Image.open(Path(__file__).resolve().parent.parent / "examples" / "astronaut.png").convert("RGB")
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(4):
+        astronaut.resize((200, 200)).rotate(3 * k).save(src / f"p{k}.png")
+    sur = write_face_checkpoint(tmp_path / "sur.pt", width=4)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run(torchrun("protect", str(src), "--out", str(out), "--surrogate", str(sur), "--steps", "1", "-q",
+                 "--device", "cpu"), env, tolerate_teardown_abort=True)
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in lines) == [f"p{k}.png" for k in range(4)]
+    assert all(r["status"] == "protected" for r in lines)
+    assert not list(out.glob("manifest.jsonl.rank*"))
