@@ -284,3 +284,26 @@ def test_readme_command_1_with_the_bundled_surrogate(tmp_path):
     # running it again finds the photo done
     assert main(["protect", str(ROOT / "examples"), "--out", str(out), "-q"]) == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
+
+
+EDGE_CASES = Path(os.environ.get("FACEPOISON_DATA", ROOT.parent / "shared" / "data")) / "photos" / "edge_cases"
+
+
+@pytest.mark.skipif(not EDGE_CASES.is_dir(), reason="../shared/data/photos/edge_cases is not on this machine")
+def test_real_edge_cases(surrogate, tmp_path):
+    """The edge-case photos of ../shared/data: partial face, reflection, grayscale, RGBA, 64-px thumbnail, EXIF
+    rotation are protected; the dogs are copied as no_face; the truncated JPEG and the text file fail."""
+    before = tree_hashes(EDGE_CASES)
+    out = tmp_path / "out"
+    assert main(["protect", str(EDGE_CASES), "--out", str(out), "--surrogate", str(surrogate), "--steps", "1",
+                 "-q"]) == 1
+    assert tree_hashes(EDGE_CASES) == before
+    status = {p: r["status"] for p, r in manifest(out).items()}
+    assert status.pop("no_human_face_dogs.jpg") == "no_face"
+    assert status.pop("not_an_image.jpg") == "failed: not an image"
+    assert status.pop("truncated_portrait.jpg").startswith("failed: image file is truncated")
+    assert set(status.values()) == {"protected"}, status
+    assert Image.open(out / "grayscale_portrait.jpg").mode == "L"
+    assert Image.open(out / "rgba_portrait.png").mode == "RGBA"
+    src = Image.open(EDGE_CASES / "exif_rotated_portrait.jpg")
+    assert Image.open(out / "exif_rotated_portrait.jpg").size == src.size[::-1]  # orientation 8 applied
