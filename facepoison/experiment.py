@@ -422,6 +422,16 @@ def goals(models: list[dict]) -> list[str]:
                 return None if t is None or clean is None else 100 * (clean - t)
         return None
 
+    # Random ±ε noise should not change a victim; how far its victims move from clean is the run-to-run noise.
+    noise = max((abs(d) for d in (drop("random", 8.0), drop("random", 16.0)) if d is not None), default=0.0)
+    out.append(f"Noise level: the random-noise victims moved top-1 by up to {noise:.1f} points from clean; a drop "
+               f"or a difference between drops within that is marked inconclusive.")
+
+    def verdict(ok: bool, *values: float) -> str:
+        if all(abs(v) <= noise for v in values):
+            return "inconclusive (within the noise)"
+        return "met" if ok else "NOT met"
+
     d16, d8 = drop("alignment", 16.0), drop("alignment", 8.0)
     if d16 is not None:
         out.append(f"16/255 top-1 drop ≥ 30 points (paper 29.5): {d16:.1f} → {'met' if d16 >= 30 else 'NOT met'}")
@@ -430,15 +440,14 @@ def goals(models: list[dict]) -> list[str]:
     for eps in (8.0, 16.0):
         a, r, t = drop("alignment", eps), drop("random", eps), drop("tensorclog", eps)
         if a is not None and r is not None:
-            ok = a >= 3 * max(r, 0) and a > 0
-            out.append(f"{eps:g}/255: alignment drop {a:.1f} ≥ 3× random drop {r:.1f} → {'met' if ok else 'NOT met'}")
+            ok = a > 0 and a >= 3 * max(r, 0)
+            out.append(f"{eps:g}/255: alignment drop {a:.1f} ≥ 3× random drop {r:.1f} → {verdict(ok, a)}")
         if a is not None and t is not None:
-            out.append(f"{eps:g}/255: alignment drop {a:.1f} > TensorClog drop {t:.1f} → "
-                       f"{'met' if a > t else 'NOT met'}")
+            out.append(f"{eps:g}/255: alignment drop {a:.1f} > TensorClog drop {t:.1f} → {verdict(a > t, a - t)}")
     r18, r50 = drop("alignment", 8.0, "resnet18"), drop("alignment", 8.0, "resnet50")
     if r18 is not None and r50 is not None:
         out.append(f"ResNet-50 surrogate hits harder than ResNet-18 at 8/255: drops {r50:.1f} vs {r18:.1f} → "
-                   f"{'yes' if r50 > r18 else 'NO (reported as measured)'}")
+                   f"{verdict(r50 > r18, r50 - r18)}")
     return out
 
 
