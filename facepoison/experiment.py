@@ -251,18 +251,9 @@ class Stages:
             settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size)
             protect_photos(items, photos, settings, Surrogate(sur_path, self.device), self.device, quiet=self.quiet)
 
-        done_marker = photos / MANIFEST
-        stamp = done_marker.with_name(done_marker.name + ".stage.json")
-        if not stamp.exists():
-            done_marker.parent.mkdir(parents=True, exist_ok=True)
-            # resumable through the manifest; the stage stamp is written only when every photo is done
-            t0 = time.perf_counter()
-            self.log("protect ...")
-            run_protect()
-            stamp.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
-            self.timings["protect photos"] = round(time.perf_counter() - t0, 1)
-        else:
-            self.timings["protect photos"] = json.loads(stamp.read_text())["seconds"]
+        # resumable through the manifest; the stage stamp is written only when every photo is done
+        photos.mkdir(parents=True, exist_ok=True)
+        self.timed("protect photos", photos / MANIFEST, run_protect)
         # a scraper detects and aligns the protected photos again
         faces = {}
         for part, layout in (("celeba", "folders"), ("cfp", "cfp")):

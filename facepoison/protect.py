@@ -37,6 +37,7 @@ from facepoison.objectives import create_objective
 from facepoison.photos import LOSSLESS_FORMATS, SUFFIX, PhotoError, output_format, read_back, read_photo, write_photo
 from facepoison.provenance import file_sha256
 from recognition.align import align_face, paste_back
+from recognition.embed import ArrayFaces, embed_dataset
 from recognition.heads import CosFaceHead, FaceRecognizer
 
 DEFAULT_SURROGATE = Path(__file__).resolve().parent / "weights" / "default_surrogate.pt"
@@ -100,16 +101,11 @@ class Surrogate:
         self.sha256 = file_sha256(path)
         self.base_weight = F.normalize(self.model.head.weight.detach(), dim=1)
 
-    @torch.no_grad()
     def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Normalized flip-TTA embeddings of aligned uint8 faces ``(N, 112, 112, 3)``."""
-        out = []
-        backbone = self.model.backbone
-        for i in range(0, len(faces), batch_size):
-            x = torch.from_numpy(faces[i : i + batch_size]).to(self.device).permute(0, 3, 1, 2).float().div(255)
-            x = x.contiguous()
-            out.append(F.normalize(backbone(x) + backbone(x.flip(-1)), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.base_weight.shape[1]), np.float32)
+        if len(faces) == 0:
+            return np.zeros((0, self.base_weight.shape[1]), np.float32)
+        return embed_dataset(self.model, ArrayFaces(faces), batch_size=batch_size, device=self.device)
 
     def craft(self, faces: np.ndarray, centers: np.ndarray, labels: np.ndarray, eps: float, steps: int,
               seed: int) -> np.ndarray:

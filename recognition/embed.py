@@ -36,6 +36,19 @@ def embed_dataset(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+class ArrayFaces(Dataset):
+    """Aligned uint8 faces ``(N, H, W, 3)`` as a dataset of ``(uint8 (3, H, W), 0)`` for :func:`embed_dataset`."""
+
+    def __init__(self, faces: np.ndarray) -> None:
+        self.faces = faces
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(self.faces[i]).permute(2, 0, 1), 0
+
+
 def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray, **attrs) -> None:
     """Write embeddings and labels to HDF5 (temporary name, then rename)."""
     path = Path(path)

@@ -43,7 +43,7 @@ from facepoison.cli.train import read_identities
 from facepoison.data import load_dataset
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
-from recognition.embed import embed_dataset
+from recognition.embed import ArrayFaces, embed_dataset
 from recognition.faceset import FaceSet
 from recognition.train import predict
 
@@ -168,17 +168,6 @@ def load_benchmarks(args: argparse.Namespace) -> list[PairSet]:
     return benches
 
 
-class _Faces(Dataset):
-    def __init__(self, faces: np.ndarray) -> None:
-        self.faces = faces
-
-    def __len__(self) -> int:
-        return len(self.faces)
-
-    def __getitem__(self, i: int):
-        return torch.from_numpy(self.faces[i]).permute(2, 0, 1), 0
-
-
 def known_cfp_faces(path: str | None, cfp_root: str) -> dict[str, np.ndarray]:
     """Prepared CFP faces keyed by the absolute image path the pair loader uses."""
     if not path:
@@ -252,7 +241,7 @@ def run_faces(args: argparse.Namespace) -> int:
 
         verification = {}
         for pairs, key, faces, undetected, li, ri in prepared:
-            emb = embeddings(key, _Faces(faces), pairs.name)
+            emb = embeddings(key, ArrayFaces(faces), pairs.name)
             scores = pair_scores(emb[li], emb[ri])
             res = verify(scores, pairs.same, folds=pairs.folds)
             fpr, tpr, _ = roc_curve(pairs.same, scores)
