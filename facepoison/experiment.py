@@ -57,6 +57,7 @@ class ExperimentData:
     train_folds: tuple[int, ...] = (1, 7)
     celeba_identities: int | None = None
     cfp_identities: int | None = None
+    faces_per_identity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ class Stages:
         t0 = time.perf_counter()
         split = release_split(celeba, cfp, d.cfp_root, n_heldout=d.heldout, min_photos=d.min_photos,
                               seed=d.split_seed, train_folds=(lo, hi), exclude_lfw=d.lfw_overlap,
-                              celeba_identities=d.celeba_identities, cfp_identities=d.cfp_identities)
+                              celeba_identities=d.celeba_identities, cfp_identities=d.cfp_identities,
+                              faces_per_identity=d.faces_per_identity)
         split.write(self.root / "splits", f"experiment {self.cfg.name}")
         self.timings["split"] = round(time.perf_counter() - t0, 1)
         return split
@@ -229,10 +231,9 @@ class Stages:
         return out
 
     # 7. protect path -------------------------------------------------------------------------------------
-    def protect(self, split) -> tuple[Path, Any] | None:
-        p = self.cfg.protect
-        if not p.enabled:
-            return None
+    def protect(self, split, mode: str, suffix: str = "") -> tuple[Path, Any]:
+        """The release photos protected with ``--identities mode``, prepared again as a scraper would."""
+        p = dataclasses.replace(self.cfg.protect, identities=mode)
         from facepoison.protect import DEFAULT_SURROGATE, MANIFEST, Item, ProtectSettings, Surrogate, protect_photos
         from recognition.faceset import FaceSet
 
@@ -253,7 +254,7 @@ class Stages:
 
         # resumable through the manifest; the stage stamp is written only when every photo is done
         photos.mkdir(parents=True, exist_ok=True)
-        self.timed("protect photos", photos / MANIFEST, run_protect)
+        self.timed(f"protect photos{suffix}", photos / MANIFEST, run_protect)
         # a scraper detects and aligns the protected photos again
         faces = {}
         for part, layout in (("celeba", "folders"), ("cfp", "cfp")):
@@ -267,12 +268,23 @@ class Stages:
                     if prepare_main(args + (["-q"] if self.quiet else [])) != 0:
                         raise UsageError(f"preparing the protected photos in {src} failed")
 
-                self.timed(f"prepare protected {part}", out, prep)
+                self.timed(f"prepare protected {part}{suffix}", out, prep)
                 faces[part] = FaceSet(out)
         names = {"celeba": split.celeba_release, "cfp": split.cfp_release}
         parts = {part: fs.restrict([n for n in names[part] if n in set(fs.identities)]) for part, fs in faces.items()}
         protected = FaceSet.concat(parts)
         return folder, protected
+
+
+def protect_modes(p: ProtectStage) -> list[str]:
+    """The ``--identities`` modes of the protect path (``identities: folder,auto,single`` compares them)."""
+    if not p.enabled:
+        return []
+    modes = list(dict.fromkeys(m.strip() for m in p.identities.split(",") if m.strip()))
+    if not modes or set(modes) - {"folder", "auto", "single"}:
+        raise UsageError(f"protect.identities must be folder, auto or single, or a comma-separated list of them; "
+                         f"got {p.identities!r}")
+    return modes
 
 
 def _ident_split_file(stages: Stages) -> Path:
@@ -283,6 +295,11 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, quiet: bool = False
     from facepoison.cli.evaluate import main as evaluate_main
 
     start = time.perf_counter()
+    modes = protect_modes(cfg.protect)  # a bad mode or surrogate name fails before any stage runs
+    used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
+    missing = sorted(used - set(cfg.surrogates))
+    if missing:
+        raise UsageError(f"poison runs name surrogates missing from surrogates: {', '.join(missing)}")
     st = Stages(cfg, config_path, quiet)
     celeba, cfp = st.prepared()
     split = st.split(celeba, cfp)
@@ -293,12 +310,12 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, quiet: bool = False
            f"held-out: {len(split.heldout)} faces of {len(split.celeba_heldout)} identities")
     surrogates = {}
     for name, mc in cfg.surrogates.items():
+        if name not in used:  # only the surrogates some poison run crafts against
+            continue
         out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(cfg.surrogate_train), ids_key)}.pt"
         surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
     stores: dict[str, tuple[PoisonRun, Path]] = {}
     for run in cfg.poisons:
-        if run.objective != "random" and run.surrogate not in surrogates:
-            raise UsageError(f"poison run {run.name} names surrogate {run.surrogate!r}, not in surrogates")
         sur = surrogates.get(run.surrogate) if run.objective != "random" else None
         stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
     victim_key = key(to_dict(cfg.victim), to_dict(cfg.victim_train), ids_key)
@@ -310,14 +327,15 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, quiet: bool = False
         out = st.root / "victims" / f"{name}-{key(victim_key, store.name)}.pt"
         victims.append((run.label, st.train(f"victim {name}", cfg.victim, cfg.victim_train, split.release, out,
                                             poisons=store), {"kind": "poison", **dataclasses.asdict(run)}))
-    protected = st.protect(split)
-    if protected is not None:
-        folder, faces = protected
+    for mode in modes:
+        suffix = f" ({mode})" if len(modes) > 1 else ""
+        folder, faces = st.protect(split, mode, suffix)
         out = folder / f"victim-{victim_key}.pt"
-        label = "protect (bundled surrogate)" if not cfg.protect.surrogate else "protect"
-        victims.append((label, st.train("victim protect", cfg.victim, cfg.victim_train,
-                                                                faces, out), {"kind": "protect",
-                                                                              "faces": len(faces)}))
+        notes = ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
+            ([f"{mode} identities"] if len(modes) > 1 else [])
+        label = "protect" + (f" ({', '.join(notes)})" if notes else "")
+        victims.append((label, st.train(f"victim protect{suffix}", cfg.victim, cfg.victim_train, faces, out),
+                        {"kind": "protect", "identities": mode, "faces": len(faces)}))
     # 6. evaluation
     eval_dir = st.root / "eval"
     folds = ",".join(str(f) for f in split.eval_folds)
@@ -435,6 +453,14 @@ def goals(models: list[dict]) -> list[str]:
             out.append(f"{eps:g}/255: alignment drop {a:.1f} ≥ 3× random drop {r:.1f} → {verdict(ok, a)}")
         if a is not None and t is not None:
             out.append(f"{eps:g}/255: alignment drop {a:.1f} > TensorClog drop {t:.1f} → {verdict(a > t, a - t)}")
+    prot = {m["run"]["identities"]: 100 * (clean - _top1(m)) for m in models
+            if m.get("run", {}).get("kind") == "protect" and _top1(m) is not None and clean is not None}
+    if len(prot) > 1:
+        best = max(prot, key=prot.get)
+        runner_up = max(v for k, v in prot.items() if k != best)
+        drops = ", ".join(f"{k} {v:.1f}" for k, v in prot.items())
+        out.append(f"protect --identities: top-1 drops {drops} → {best} protects best: "
+                   f"{verdict(True, prot[best] - runner_up)}")
     r18, r50 = drop("alignment", 8.0, "resnet18"), drop("alignment", 8.0, "resnet50")
     if r18 is not None and r50 is not None:
         out.append(f"ResNet-50 surrogate hits harder than ResNet-18 at 8/255: drops {r50:.1f} vs {r18:.1f} → "

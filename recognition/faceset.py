@@ -170,10 +170,25 @@ class FaceSet(Dataset):
             raise ValueError(f"identities not in the face set: {', '.join(unknown[:5])}")
         new_label = {self.identities.index(name): k for k, name in enumerate(identities)}
         keep = [i for i, lab in enumerate(self.labels.tolist()) if lab in new_label]
+        return self._subset(keep, [new_label[int(self.labels[i])] for i in keep], list(identities))
+
+    def cap(self, per_identity: int) -> FaceSet:
+        """At most the first ``per_identity`` faces (in stored order) of each identity; labels are kept."""
+        if per_identity < 1:
+            raise ValueError(f"faces per identity must be at least 1, got {per_identity}")
+        seen: dict[int, int] = {}
+        keep = []
+        for i, lab in enumerate(self.labels.tolist()):
+            if seen.get(lab, 0) < per_identity:
+                seen[lab] = seen.get(lab, 0) + 1
+                keep.append(i)
+        return self._subset(keep, [int(self.labels[i]) for i in keep], list(self.identities))
+
+    def _subset(self, keep: list[int], labels: list[int], identities: list[str]) -> FaceSet:
         sub = object.__new__(FaceSet)
         sub.jpeg = [self.jpeg[i] for i in keep]
-        sub.labels = torch.tensor([new_label[int(self.labels[i])] for i in keep], dtype=torch.long)
-        sub.identities = list(identities)
+        sub.labels = torch.tensor(labels, dtype=torch.long)
+        sub.identities = identities
         sub.paths = [self.paths[i] for i in keep]
         sub.poses = [self.poses[i] for i in keep]
         sub.attrs = self.attrs

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from recognition.faceset import FaceSet
 from recognition.splits import cfp_fold_identities, face_counts, heldout_split, lfw_overlap, write_identities
 
@@ -39,7 +41,7 @@ class ReleaseSplit:
 def release_split(celeba: str | Path, cfp: str | Path, cfp_root: str | Path, n_heldout: int = 80,
                   min_photos: int = 20, seed: int = 0, train_folds: tuple[int, int] = (1, 7),
                   exclude_lfw: str | Path | None = None, celeba_identities: int | None = None,
-                  cfp_identities: int | None = None) -> ReleaseSplit:
+                  cfp_identities: int | None = None, faces_per_identity: int | None = None) -> ReleaseSplit:
     """Split the prepared sets (``FACES.h5`` paths) into release and held-out parts.
 
     Args:
@@ -47,6 +49,8 @@ def release_split(celeba: str | Path, cfp: str | Path, cfp_root: str | Path, n_h
         exclude_lfw: ``cfp_lfw_name_overlap.tsv``; those CFP identities are kept out of the release set.
         celeba_identities, cfp_identities: keep only the first this many CelebA / CFP release identities
             (CPU-sized runs).
+        faces_per_identity: keep only the first this many faces of each release identity (CPU-sized runs
+            over many identities); held-out identities keep all their faces.
     """
     celeba_set = FaceSet(celeba)
     release, heldout = heldout_split(celeba_set.identities, face_counts(celeba_set.labels.numpy(),
@@ -63,6 +67,9 @@ def release_split(celeba: str | Path, cfp: str | Path, cfp_root: str | Path, n_h
     if cfp_identities is not None:
         cfp_ids = cfp_ids[:cfp_identities]
     combined = FaceSet.concat({"celeba": celeba_set.restrict(release), "cfp": cfp_set.restrict(cfp_ids)})
+    if faces_per_identity is not None:
+        combined = combined.cap(faces_per_identity)
+        combined.ids = torch.arange(len(combined))  # poison stores index the release set by position
     return ReleaseSplit(release=combined, heldout=celeba_set.restrict(heldout), celeba_release=release,
                         celeba_heldout=heldout, cfp_release=cfp_ids, cfp_folds=folds,
                         eval_folds=[f for f in sorted(folds) if not lo <= f <= hi])

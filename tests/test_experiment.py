@@ -51,23 +51,28 @@ def write_sources(root: Path) -> tuple[Path, Path]:
     return celeba, cfp
 
 
-def test_tiny_experiment_end_to_end(tmp_path, capsys):
-    celeba, cfp = write_sources(tmp_path / "src")
+def tiny_config(tmp_path: Path) -> dict:
     tiny = {"name": "resnet18", "width": 4, "stem_stride": 2, "embedding_size": 32}
     train = {"epochs": 1, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0, "crop_padding": 2}
-    config = {
+    celeba, cfp = write_sources(tmp_path / "src")
+    return {
         "name": "tiny", "run_dir": str(tmp_path / "runs"), "report_dir": str(tmp_path / "report"),
         "data": {"celeba_photos": str(celeba), "cfp_root": str(cfp), "lfw_overlap": None, "heldout": 2,
                  "min_photos": 3, "train_folds": [1, 1]},
-        "surrogates": {"resnet18": tiny, "resnet50": {**tiny, "name": "resnet50"}},
-        "surrogate_train": train, "victim": tiny, "victim_train": train,
-        "craft": {"steps": 2}, "craft_batch_size": 8,
-        "poisons": [{"objective": "alignment", "eps": e} for e in (8, 16, 32)]
-        + [{"objective": "alignment", "eps": 8, "surrogate": "resnet50"}]
-        + [{"objective": o, "eps": e} for o in ("random", "tensorclog") for e in (8, 16)],
+        "surrogates": {"resnet18": tiny}, "surrogate_train": train, "victim": tiny, "victim_train": train,
+        "craft": {"steps": 2}, "craft_batch_size": 8, "poisons": [],
         "protect": {"surrogate": str(write_face_checkpoint(tmp_path / "protect_sur.pt", width=4)), "steps": 1},
         "device": "cpu",
     }
+
+
+def test_tiny_experiment_end_to_end(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    tiny = config["victim"]
+    config["surrogates"]["resnet50"] = {**tiny, "name": "resnet50"}
+    config["poisons"] = ([{"objective": "alignment", "eps": e} for e in (8, 16, 32)]
+                         + [{"objective": "alignment", "eps": 8, "surrogate": "resnet50"}]
+                         + [{"objective": o, "eps": e} for o in ("random", "tensorclog") for e in (8, 16)])
     path = tmp_path / "faces_tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["experiment", str(path), "-q"]) == 0
@@ -96,13 +101,69 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     assert np.isfinite(again["total_wall_s_this_invocation"])
 
 
+def test_protect_modes_and_faces_per_identity(tmp_path, capsys):
+    """The protect path compared across --identities modes, on a release set capped at 2 faces per identity."""
+    config = tiny_config(tmp_path)
+    config["data"]["faces_per_identity"] = 2
+    config["protect"]["identities"] = "folder, single"
+    path = tmp_path / "faces_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(path), "-q"]) == 0
+    data = json.loads((tmp_path / "report" / "faces_tiny.json").read_text())
+    assert [m["label"] for m in data["models"]] == ["clean", "protect (folder identities)",
+                                                    "protect (single identities)"]
+    assert [m["run"].get("identities") for m in data["models"][1:]] == ["folder", "single"]
+    # 5 CelebA identities, 2 held out, 3 released (3 photos each), 2 CFP identities of fold 1 (3 photos each);
+    # 2 faces kept per identity
+    assert data["release"] == {"faces": 10, "identities": 5, "celeba_identities": 3, "cfp_identities": 2}
+    assert {"protect photos (folder)", "protect photos (single)", "victim protect (single)"} <= set(data["timings_s"])
+    assert "surrogate resnet18" not in data["timings_s"]  # no poison run crafts against it
+    md = (tmp_path / "report" / "faces_tiny.md").read_text()
+    assert "protect --identities: top-1 drops folder" in md
+    # each mode protected its own copy of the photos
+    manifests = sorted((tmp_path / "runs" / "tiny").glob("protect-*/photos/manifest.jsonl"))
+    assert len(manifests) == 2
+    assert all(len(m.read_text().splitlines()) == 10 for m in manifests)
+
+
+def test_bad_protect_mode_fails_before_any_stage(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    config["protect"]["identities"] = "folder,people"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(path), "-q"]) == 2
+    assert "protect.identities" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_faceset_cap_keeps_the_first_faces_of_each_identity(tmp_path):
+    from recognition.faceset import FaceSet
+    from tests.conftest import write_face_set
+
+    fs = FaceSet(write_face_set(tmp_path / "f.h5", identities=3, per_identity=4))
+    capped = fs.cap(2)
+    assert len(capped) == 6 and capped.identities == fs.identities
+    kept = []
+    for lab in range(3):
+        idx = [i for i, v in enumerate(fs.labels.tolist()) if v == lab][:2]
+        pairs = zip(capped.paths, capped.labels.tolist(), strict=True)
+        assert [fs.paths[i] for i in idx] == [p for p, v in pairs if v == lab]
+        kept += idx
+    assert sorted(capped.ids.tolist()) == sorted(kept)
+    assert len(fs.cap(10)) == len(fs)
+
+
 def test_shipped_face_configs_parse():
     from facepoison.config import TrainCommandConfig, load_config
-    from facepoison.experiment import ExperimentConfig
+    from facepoison.experiment import ExperimentConfig, protect_modes
 
     root = Path(__file__).resolve().parent.parent / "configs"
     for name in ("faces_cpu.yaml", "faces_gpu.yaml"):
         cfg = load_config(ExperimentConfig, root / name, {})
         assert len(cfg.poisons) == 8 and {"resnet18", "resnet50"} <= set(cfg.surrogates)
+    assert protect_modes(load_config(ExperimentConfig, root / "faces_cpu.yaml", {}).protect) == ["folder", "auto",
+                                                                                                 "single"]
+    wide = load_config(ExperimentConfig, root / "faces_cpu_wide.yaml", {})
+    assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 4 and not protect_modes(wide.protect)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, bins=bins)
-    if not cfg.poisons:
-        raise UsageError(f"{path} lists no poison runs (key poisons)")
+    if not cfg.poisons and not cfg.protect.enabled:
+        raise UsageError(f"{path} lists no poison runs (key poisons) and disables the protect path")
     result = run_experiment(cfg, path, quiet=args.quiet)
     summary = {m["label"]: (m.get("identification") or {}).get("top1") for m in result["models"]}
     print(json.dumps({"report_dir": cfg.report_dir, "top1": summary}))
