@@ -164,6 +164,6 @@ def test_shipped_face_configs_parse():
     assert protect_modes(load_config(ExperimentConfig, root / "faces_cpu.yaml", {}).protect) == ["folder", "auto",
                                                                                                  "single"]
     wide = load_config(ExperimentConfig, root / "faces_cpu_wide.yaml", {})
-    assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 4 and not protect_modes(wide.protect)
+    assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 5 and not protect_modes(wide.protect)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32
