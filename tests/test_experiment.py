@@ -167,3 +167,21 @@ def test_shipped_face_configs_parse():
     assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 5 and not protect_modes(wide.protect)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32
+
+
+def test_protect_mode_goal_needs_drop_and_lead_beyond_the_noise():
+    from facepoison.experiment import goals
+
+    def model(label, top1, **run):
+        return {"label": label, "identification": {"top1": top1}, "run": run}
+
+    def protect_line(auto_top1):
+        models = [model("clean", 0.50), model("random 8/255", 0.49, objective="random", eps=8.0),
+                  model("p folder", 0.48, kind="protect", identities="folder"),
+                  model("p auto", auto_top1, kind="protect", identities="auto")]
+        return next(g for g in goals(models) if g.startswith("protect --identities"))
+
+    # noise 1 point: auto drops 10 points and leads folder (2 points) by 8 → clear
+    assert protect_line(0.40).endswith("auto protects best")
+    # folder drops 2 points, auto 1.5: the lead of 0.5 is within the noise
+    assert "no mode protects measurably best" in protect_line(0.485)
