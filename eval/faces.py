@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 
 import cv2
@@ -20,16 +20,24 @@ import h5py
 import numpy as np
 
 from recognition.align import ALIGNED_SIZE, align_face
+from recognition.atomic import atomic_path
+from recognition.checkpoint import first_line
 
 Source = str | bytes
 
 
-def source_key(sources: Sequence[Source], extra: str = "") -> str:
-    """A content key for a list of image sources: paths with their size and mtime, or the bytes' hash."""
+def source_key(sources: Sequence[Source], extra: str = "", known: Container[str] = ()) -> str:
+    """A content key for a list of image sources: paths with their size and mtime, or the bytes' hash.
+
+    Paths in ``known`` (faces taken from a prepared face set, whose own checksum belongs in ``extra``) enter
+    by name only, and so do paths that do not exist: the key never needs the raw image files.
+    """
     h = hashlib.sha256(extra.encode())
     for s in sources:
         if isinstance(s, bytes):
             h.update(hashlib.sha256(s).digest())
+        elif s in known or not os.path.exists(s):
+            h.update(f"{s}\0known\n".encode())
         else:
             st = os.stat(s)
             h.update(f"{s}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -60,7 +68,10 @@ def align_sources(
     """``(faces (N, 112, 112, 3) uint8, undetected (N,) bool)`` for encoded aligned images or image paths.
 
     ``known`` maps a path to an already aligned face (e.g. from a prepared face set) and skips detection.
-    ``detector_factory`` builds the :class:`~recognition.detect.FaceDetector` when a path needs detection.
+    With ``known`` given, a path that is neither known nor on disk (a photo the prepared set found no face
+    in, on a machine without the raw images) becomes a mid-grey face marked undetected, so its pairs stay
+    in their folds as the protocols require. ``detector_factory`` builds the
+    :class:`~recognition.detect.FaceDetector` when a path needs detection.
     """
     from recognition.detect import load_rgb
 
@@ -72,6 +83,9 @@ def align_sources(
             faces[i] = decode_image(s)
         elif known is not None and s in known:
             faces[i] = known[s]
+        elif known is not None and not os.path.exists(s):
+            faces[i] = 128
+            undetected[i] = True
         else:
             pending.append(i)
             continue
@@ -85,7 +99,7 @@ def align_sources(
             try:
                 images.append(load_rgb(sources[i]))
             except Exception as exc:  # PIL raises many types
-                raise ValueError(f"cannot read benchmark image {sources[i]}: {str(exc).splitlines()[0]}") from exc
+                raise ValueError(f"cannot read benchmark image {sources[i]}: {first_line(exc)}") from exc
         found = detector.detect(images) if detector is not None else [[] for _ in images]
         for i, image, dets in zip(chunk, images, found, strict=True):
             if dets:
@@ -106,11 +120,9 @@ class FaceCache:
 
     def _write(self, path: Path, **arrays: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             for k, v in arrays.items():
                 f.create_dataset(k, data=v, compression="gzip" if v.dtype == np.uint8 else None)
-        os.replace(tmp, path)
 
     def _read(self, path: Path, *keys: str) -> tuple[np.ndarray, ...] | None:
         if not path.is_file():

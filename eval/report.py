@@ -30,7 +30,7 @@ def _cell(value: float | None, ref: float | None, std: float | None = None) -> s
     return text
 
 
-def table6(reports: Sequence[dict], ident_name: str = "held-out") -> str:
+def accuracy_table(reports: Sequence[dict], ident_name: str = "held-out") -> str:
     """Markdown table: one row per model (its ``label``), values in %, the drop from row 0 in brackets."""
     benches = benchmark_columns(reports)
     has_ident = any(r.get("identification") for r in reports)

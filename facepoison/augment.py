@@ -6,32 +6,11 @@ replays them, so the exact same transform can be applied twice (kornia's convent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from facepoison.registry import Registry
-from recognition.augment import translate
-
-
-@dataclass(frozen=True)
-class ShiftFlipParams:
-    """Per-sample integer shifts (pixels, may be negative) and horizontal-flip flags."""
-
-    shift_y: Tensor
-    shift_x: Tensor
-    flip: Tensor
-
-
-def shift_flip(images: Tensor, params: ShiftFlipParams, max_shift: int) -> Tensor:
-    """Translate each image by its integer shift (zero padding, i.e. a random crop of a padded image)
-    and flip it horizontally where ``params.flip`` is set. Differentiable w.r.t. ``images``."""
-    if images.ndim != 4:
-        raise ValueError(f"expected NCHW images, got shape {tuple(images.shape)}")
-    out = translate(images, params.shift_y, params.shift_x, max_shift)
-    flip = params.flip.to(images.device)[:, None, None, None]
-    return torch.where(flip, out.flip(-1), out)
+from recognition.augment import ShiftFlipParams, apply_shift_flip, sample_shift_flip
 
 
 class Augmentation:
@@ -70,14 +49,10 @@ class ShiftFlip(Augmentation):
         return int(self.max_shift)
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> ShiftFlipParams:
-        n = images.shape[0]
-        s = self.shift_pixels(images.shape[-1])
-        shifts = torch.randint(-s, s + 1, (2, n), generator=generator)
-        flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        return ShiftFlipParams(shift_y=shifts[0], shift_x=shifts[1], flip=flip)
+        return sample_shift_flip(images.shape[0], self.shift_pixels(images.shape[-1]), self.flip, generator)
 
     def apply(self, images: Tensor, params: ShiftFlipParams) -> Tensor:
-        return shift_flip(images, params, self.shift_pixels(images.shape[-1]))
+        return apply_shift_flip(images, params, self.shift_pixels(images.shape[-1]))
 
 
 class Identity(Augmentation):
@@ -97,3 +72,4 @@ AUGMENTATIONS.register("flip")(lambda: ShiftFlip(max_shift=0, flip=True))
 def create_augmentation(name: str, **kwargs) -> Augmentation:
     """Build an augmentation by name: ``none``, ``flip`` or ``shift_flip`` (kwargs: max_shift, flip)."""
     return AUGMENTATIONS.create(name, **kwargs)
+

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, create_augmentation
-from facepoison.losses import LogitsFn, project, quantize_delta, trainable_parameters
-from facepoison.objectives import REGULARIZERS, Objective
+from facepoison.losses import LogitsFn, project, quantize_delta
+from facepoison.objectives import REGULARIZERS, Objective, objective_logits_fn
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +126,20 @@ class PoisonCrafter:
     Shapes: images ``(N, C, H, W)`` float in [0, 1], labels ``(N,)`` long.
 
     Example:
-        >>> T = target_gradient(model, loader)
-        >>> crafter = PoisonCrafter(model, create_objective("alignment", T), CrafterConfig(eps=8, steps=50))
+        >>> objective = create_objective("alignment")
+        >>> objective.prepare(model, loader)  # the target gradient T from clean batches
+        >>> crafter = PoisonCrafter(model, objective, CrafterConfig(eps=8, steps=50))
         >>> result = crafter(images, labels, generator=torch.Generator().manual_seed(0))
         >>> poisoned = images + result.delta
 
     Args:
         model: the surrogate; put in eval mode while crafting and restored afterwards.
-        objective: what to minimise (see :mod:`facepoison.objectives`).
+        objective: what to minimise (see :mod:`facepoison.objectives`), already prepared; gradients are
+            taken over ``objective.parameters(model)``.
         config: the crafting settings.
-        logits_fn: maps (images, labels) to logits; defaults to ``model(images)``. Face models pass a
-            CosFace margin here.
+        logits_fn: maps (images, labels) to logits; defaults to
+            :func:`~facepoison.objectives.objective_logits_fn` (a face recognizer's margin or plain logits, as
+            the objective wants; ``model(images)`` for other models).
         device: where batches are moved; defaults to the model's device.
     """
 
@@ -151,8 +154,8 @@ class PoisonCrafter:
         self.model = model
         self.objective = objective
         self.config = config
-        self.logits_fn: LogitsFn = logits_fn or (lambda x, y: model(x))
-        self.params = trainable_parameters(model)
+        self.logits_fn: LogitsFn = logits_fn or objective_logits_fn(objective, model)
+        self.params = objective.parameters(model)
         self.device = torch.device(device) if device is not None else self.params[0].device
         self.augmentation: Augmentation = create_augmentation(config.augment, **config._augment_kwargs())
         self.regularizers: list[tuple[Callable[[Tensor, Tensor], Tensor], float]] = [
@@ -207,7 +210,7 @@ class PoisonCrafter:
         if not self.objective.optimizes:
             return 0.0
         with torch.enable_grad():
-            return float(self.total_loss(images, labels, delta.detach(), create_graph=False))
+            return float(self.total_loss(images, labels, delta.detach(), create_graph=False).detach())
 
     def _restart(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         cfg, eps = self.config, self.config.eps_unit

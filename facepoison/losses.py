@@ -51,11 +51,34 @@ def trainable_parameters(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+"""Maps (logits ``(N, K)``, labels ``(N,)``) to per-sample losses ``(N,)``."""
+
+
+def per_sample_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample cross-entropy CE(z, y) = logsumexp(z) − z_y, shape ``(N,)``."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def permuted_labels(labels: Tensor, num_classes: int) -> Tensor:
+    """The fixed class permutation π(y) = (y + 1) mod K of targeted poisons: a derangement, π(y) ≠ y for K ≥ 2.
+
+    Example:
+        >>> permuted_labels(torch.tensor([0, 1, 2]), 3)
+        tensor([1, 2, 0])
+    """
+    if num_classes < 2:
+        raise ValueError(f"a class permutation needs at least 2 classes, got {num_classes}")
+    return (labels + 1) % num_classes
+
+
 def target_gradient(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     logits_fn: LogitsFn | None = None,
     device: torch.device | str | None = None,
+    params: Sequence[Tensor] | None = None,
+    loss_fn: PerSampleLoss = reverse_cross_entropy,
 ) -> Tensor:
     """Target gradient T = ∇θ Σ_i L'(F(x_i), y_i) over all given batches, as one flat float32 vector.
 
@@ -65,13 +88,18 @@ def target_gradient(
     Args:
         model: the surrogate F(·; θ).
         batches: iterable of ``(images in [0,1], labels)``; pass a random subset for the paper's 10% estimate.
+            The labels are passed to both ``logits_fn`` and ``loss_fn``.
         logits_fn: maps (images, labels) to logits; defaults to ``model(images)``.
-        device: where to compute; defaults to the model's device.
+        device: where to compute; defaults to the device of the first parameter.
+        params: θ, the parameters the gradient is taken over; every trainable parameter of ``model`` by default.
+        loss_fn: the per-sample loss L'; the reverse cross-entropy −log(1 − p_y) of the paper by default.
 
     Returns:
-        ``(P,)`` float32 vector on the CPU, P the number of trainable parameters.
+        ``(P,)`` float32 vector on the CPU, P the number of elements of ``params``.
     """
-    params = trainable_parameters(model)
+    params = list(params) if params is not None else trainable_parameters(model)
+    if not params:
+        raise ValueError("no parameters to take the target gradient over")
     device = torch.device(device) if device is not None else params[0].device
     fn = logits_fn or (lambda x, y: model(x))
     was_training = model.training
@@ -80,7 +108,7 @@ def target_gradient(
     try:
         for images, labels in batches:
             images, labels = images.to(device).contiguous(), labels.to(device)
-            loss = reverse_cross_entropy(fn(images, labels), labels).sum()
+            loss = loss_fn(fn(images, labels), labels).sum()
             total += flat_grad(loss, params).float()
     finally:
         model.train(was_training)

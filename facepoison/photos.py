@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
+
+from recognition.atomic import atomic_path
+from recognition.checkpoint import first_line
 
 ORIENTATION_TAG = 0x0112
 GPS_IFD_TAG = 0x8825
@@ -67,7 +69,7 @@ def read_photo(path: str | Path, keep_gps: bool = False) -> Photo:
             info = dict(im.info)
             upright = ImageOps.exif_transpose(im)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         if "cannot identify image file" in message:
             message = "not an image"
         raise PhotoError(message) from exc
@@ -148,13 +150,8 @@ def write_photo(photo: Photo, pixels: np.ndarray, path: str | Path, fmt: str, jp
         kwargs.update(lossless=True, quality=100)
     elif fmt == "TIFF":
         kwargs.update(compression="tiff_lzw")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, hidden=True) as tmp:
         image.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_back(path: str | Path, photo: Photo) -> tuple[np.ndarray, np.ndarray | None]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recognition.atomic import atomic_path
+
 
 def contact_sheet(items, out_dir: Path, records: dict[str, dict], path: Path, max_faces: int = 6) -> bool:
     """Original and protected version (and the amplified difference) of up to ``max_faces`` protected photos,
@@ -41,8 +43,7 @@ def contact_sheet(items, out_dir: Path, records: dict[str, dict], path: Path, ma
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
     return True

@@ -19,7 +19,6 @@ open), crafts only the missing chunks into new part files, and then merges all p
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from facepoison.errors import UsageError
+from recognition.atomic import atomic_path
 
 FORMAT = "facepoison-poison-store/1"
 
@@ -71,8 +71,7 @@ class StoreWriter:
         self.chunk_size = chunk_size
         n = len(ids)
         n_chunks = (n + chunk_size - 1) // chunk_size
-        tmp = self.part.with_name(self.part.name + ".tmp")
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with atomic_path(self.part) as tmp, h5py.File(tmp, "w", libver="latest") as f:
             f.create_dataset("ids", data=np.asarray(ids, dtype=np.int64))
             f.create_dataset("delta", shape=(n, *sample_shape), dtype=delta_dtype(bound),
                              chunks=(min(chunk_size, n), *sample_shape), compression="lzf", fillvalue=0)
@@ -81,7 +80,6 @@ class StoreWriter:
             f.attrs.update(_encode_attrs(attrs))
             f.attrs["bound"] = bound
             f.attrs["chunk_size"] = chunk_size
-        os.replace(tmp, self.part)
         self.file = h5py.File(self.part, "r+", libver="latest")
         self.file.swmr_mode = True
 
@@ -131,9 +129,9 @@ def merge_parts(path: Path, n_chunks: int) -> None:
     parts = part_paths(path)
     if not parts:
         raise UsageError(f"no partial stores found for {path}")
-    tmp = path.with_name(path.name + ".tmp")
     filled = np.zeros(n_chunks, dtype=bool)
-    with h5py.File(parts[0], "r", libver="latest", swmr=True) as first, h5py.File(tmp, "w") as out:
+    with (atomic_path(path) as tmp, h5py.File(parts[0], "r", libver="latest", swmr=True) as first,
+          h5py.File(tmp, "w") as out):
         ids = first["ids"][:]
         chunk_size = int(first.attrs["chunk_size"])
         delta = out.create_dataset("delta", shape=first["delta"].shape, dtype=first["delta"].dtype,
@@ -154,13 +152,10 @@ def merge_parts(path: Path, n_chunks: int) -> None:
                     filled[k] = True
         if not filled.all():
             missing = np.nonzero(~filled)[0].tolist()
-            out.close()
-            tmp.unlink()
             raise UsageError(f"cannot finish {path}: chunks {missing[:10]} were never crafted")
         out.create_dataset("chunk_loss", data=losses)
         out.attrs["chunk_size"] = chunk_size
         out.attrs["complete"] = True
-    os.replace(tmp, path)
     for part in part_paths(path, include_tmp=True):
         part.unlink()
 
@@ -176,6 +171,17 @@ class PoisonSet:
     @property
     def bound(self) -> int:
         return int(self.attrs["bound"])
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of a finished store (empty when the file is not a finished facepoison store)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT or not f.attrs.get("complete", False):
+                return {}
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError:
+        return {}
 
 
 def load_store(path: str | Path) -> PoisonSet:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,16 +31,42 @@ def translate(images: Tensor, shift_y: Tensor, shift_x: Tensor, max_shift: int) 
     return shifted.permute(0, 3, 1, 2).contiguous()  # NCHW memory: a channels-last view slows the convs
 
 
+@dataclass(frozen=True)
+class ShiftFlipParams:
+    """Per-sample integer shifts (pixels, may be negative) and horizontal-flip flags, replayable."""
+
+    shift_y: Tensor
+    shift_x: Tensor
+    flip: Tensor
+
+
+def sample_shift_flip(n: int, max_shift: int, flip: bool, generator: torch.Generator | None) -> ShiftFlipParams:
+    """The one shift/flip sampler (training and crafting both draw from it), on the CPU from ``generator``.
+
+    Shifts are uniform in [-max_shift, max_shift] (zeros, drawing nothing, when ``max_shift`` is 0); each
+    image is flipped with probability 1/2 when ``flip``.
+    """
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (2, n), generator=generator)
+    else:
+        shifts = torch.zeros((2, n), dtype=torch.long)
+    mask = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return ShiftFlipParams(shift_y=shifts[0], shift_x=shifts[1], flip=mask)
+
+
+def apply_shift_flip(images: Tensor, params: ShiftFlipParams, max_shift: int) -> Tensor:
+    """Translate each image by its integer shift (zero padding, i.e. a random crop of a padded image) and flip it
+    horizontally where ``params.flip`` is set. Differentiable w.r.t. ``images``."""
+    if images.ndim != 4:
+        raise ValueError(f"expected NCHW images, got shape {tuple(images.shape)}")
+    out = translate(images, params.shift_y, params.shift_x, max_shift)
+    mask = params.flip.to(images.device)[:, None, None, None]
+    return torch.where(mask, out.flip(-1), out)
+
+
 def random_shift_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Training augmentation: random shift by up to ``padding`` pixels and a random horizontal flip.
 
     Randomness is drawn on the CPU from ``generator`` (reproducible whatever the device).
     """
-    n = images.shape[0]
-    if padding > 0:
-        shifts = torch.randint(-padding, padding + 1, (2, n), generator=generator)
-        images = translate(images, shifts[0], shifts[1], padding)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)[:, None, None, None]
-        images = torch.where(mask, images.flip(-1), images)
-    return images
+    return apply_shift_flip(images, sample_shift_flip(images.shape[0], padding, flip, generator), padding)

@@ -7,11 +7,12 @@ stage, and an embedding head BN → dropout → FC → BN to a 512-d vector (7×
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from recognition.models import Normalize
+from recognition.registry import Registry
 
 FACE_MEAN = (0.5, 0.5, 0.5)
 FACE_STD = (0.5, 0.5, 0.5)
@@ -79,11 +80,10 @@ class FaceResNet(nn.Module):
         return self.head(self.stages(self.stem(self.normalize(x))))
 
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": lambda **kw: FaceResNet((2, 2, 2, 2), **kw),
-    "resnet34": lambda **kw: FaceResNet((3, 4, 6, 3), **kw),
-    "resnet50": lambda **kw: FaceResNet((3, 4, 14, 3), **kw),
-}
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+BACKBONES.register("resnet18")(lambda **kw: FaceResNet((2, 2, 2, 2), **kw))
+BACKBONES.register("resnet34")(lambda **kw: FaceResNet((3, 4, 6, 3), **kw))
+BACKBONES.register("resnet50")(lambda **kw: FaceResNet((3, 4, 14, 3), **kw))
 
 
 def create_backbone(name: str, width: int = 64, embedding_size: int = 512, dropout: float = 0.0,
@@ -93,11 +93,10 @@ def create_backbone(name: str, width: int = 64, embedding_size: int = 512, dropo
     Raises:
         ValueError: unknown name (the message lists the valid ones) or a bad width.
     """
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(_BACKBONES))}")
+    builder = BACKBONES.get(name)
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    return _BACKBONES[name](width=width, embedding_size=embedding_size, dropout=dropout, input_size=input_size,
+    return builder(width=width, embedding_size=embedding_size, dropout=dropout, input_size=input_size,
                             stem_stride=stem_stride)

@@ -7,7 +7,6 @@ checkpoint is self-describing; a JSON copy is written next to it for people and 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from recognition.atomic import atomic_path, atomic_write
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (see :mod:`recognition.atomic`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -27,9 +34,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"state_dict": model.state_dict(), "meta": json.loads(json.dumps(meta))}, path)
-    tmp = path.with_name(path.name + ".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, path.with_name(path.name + ".json"))
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_checkpoint(
@@ -47,19 +52,25 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
+    except Exception as exc:  # torch raises many types for corrupt files, some with an empty message (EOFError)
+        raise ValueError(f"cannot load checkpoint {path} (truncated or not a checkpoint): {first_line(exc)}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("meta"), dict):
         raise ValueError(f"{path} is not a facepoison checkpoint (no state_dict/meta)")
     meta = ckpt["meta"]
-    model = build(meta)
+    try:
+        model = build(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} does not describe a model this version can build: {first_line(exc)}") \
+            from exc
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"checkpoint {path} does not match the model {meta.get('model')!r}: {first}") from exc
+        raise ValueError(f"checkpoint {path} does not match the model {meta.get('model')!r}: {first_line(exc)}") \
+            from exc
     return model, meta
 
 

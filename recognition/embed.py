@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from recognition.atomic import atomic_path
+
 
 @torch.no_grad()
 def embed_dataset(
@@ -52,12 +54,10 @@ class ArrayFaces(Dataset):
 def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray, **attrs) -> None:
     """Write embeddings and labels to HDF5 (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("embeddings", data=embeddings.astype(np.float32))
         f.create_dataset("labels", data=np.asarray(labels))
         f.attrs.update(attrs)
-    tmp.replace(path)
 
 
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

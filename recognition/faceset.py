@@ -17,7 +17,6 @@ assembled into ``FACES.h5`` at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from recognition.atomic import atomic_path
 
 FORMAT = "facepoison-faceset/1"
 _STR = h5py.string_dtype()
@@ -75,8 +76,7 @@ def write_journal_batch(out: Path, index: int, records: list[FaceRecord]) -> Non
     folder = journal_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"batch_{index:06d}.h5"
-    tmp = folder / f"batch_{index:06d}.h5.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("path", data=[r.path for r in records], dtype=_STR)
         f.create_dataset("identity", data=[r.identity for r in records], dtype=_STR)
         f.create_dataset("pose", data=[r.pose for r in records], dtype=_STR)
@@ -87,7 +87,6 @@ def write_journal_batch(out: Path, index: int, records: list[FaceRecord]) -> Non
         f.create_dataset("landmarks", data=np.stack([r.landmarks for r in records]).astype(np.float32))
         f.create_dataset("box", data=np.stack([r.box for r in records]).astype(np.float32))
         f.create_dataset("score", data=np.array([r.score for r in records], np.float32))
-    os.replace(tmp, final)
 
 
 def finished_batches(out: Path) -> set[int]:
@@ -114,8 +113,7 @@ def assemble(out: Path, identities: list[str], attrs: dict[str, Any]) -> dict[st
     ok = [i for i, r in enumerate(cols["reason"]) if not r]
     bad = [i for i, r in enumerate(cols["reason"]) if r]
     index = {name: i for i, name in enumerate(identities)}
-    tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         jpeg = f.create_dataset("jpeg", (len(ok),), dtype=_BYTES)
         for j, i in enumerate(ok):
             jpeg[j] = cols["jpeg"][i]
@@ -131,7 +129,6 @@ def assemble(out: Path, identities: list[str], attrs: dict[str, Any]) -> dict[st
         for k, v in attrs.items():
             f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
         f.attrs["format"] = FORMAT
-    os.replace(tmp, out)
     shutil.rmtree(folder)
     faces_per_identity = np.bincount([index[cols["identity"][i]] for i in ok], minlength=len(identities))
     return {"faces": len(ok), "failed": len(bad), "identities": int((faces_per_identity > 0).sum())}

@@ -65,6 +65,11 @@ class FaceRecognizer(nn.Module):
         """Margin logits of (images, labels)."""
         return self(images, labels)
 
+    def plain_logits(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Scaled cosines s·cos θ_j without the margin, ``(N, K)``; ``labels`` is ignored (same call as
+        :meth:`logits`, so either can be passed where a ``(images, labels) → logits`` function is expected)."""
+        return self.head.s * self(images)
+
     def embed(self, images: Tensor) -> Tensor:
         return F.normalize(self.backbone(images), dim=1)
 

@@ -6,10 +6,12 @@ the victim never normalize data themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from recognition.registry import Registry
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -108,12 +110,10 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-ModelBuilder = Callable[..., nn.Module]
-_MODELS: dict[str, ModelBuilder] = {
-    "resnet18": lambda num_classes, width=64: CifarResNet(BasicBlock, (2, 2, 2, 2), num_classes, width),
-    "resnet34": lambda num_classes, width=64: CifarResNet(BasicBlock, (3, 4, 6, 3), num_classes, width),
-    "resnet50": lambda num_classes, width=64: CifarResNet(Bottleneck, (3, 4, 6, 3), num_classes, width),
-}
+MODELS: Registry[nn.Module] = Registry("model")
+MODELS.register("resnet18")(lambda num_classes, width=64: CifarResNet(BasicBlock, (2, 2, 2, 2), num_classes, width))
+MODELS.register("resnet34")(lambda num_classes, width=64: CifarResNet(BasicBlock, (3, 4, 6, 3), num_classes, width))
+MODELS.register("resnet50")(lambda num_classes, width=64: CifarResNet(Bottleneck, (3, 4, 6, 3), num_classes, width))
 
 
 def list_models() -> list[str]:
@@ -121,7 +121,7 @@ def list_models() -> list[str]:
     torchvision classifier."""
     import torchvision
 
-    return sorted(_MODELS) + [f"tv:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    return MODELS.names() + [f"tv:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
 
 
 def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -154,14 +154,14 @@ def create_model(
         tv_name = name[3:]
         valid = torchvision.models.list_models(module=torchvision.models)
         if tv_name not in valid:
-            raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(_MODELS))}, or tv:<name> with "
+            raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS.names())}, or tv:<name> with "
                              f"<name> a torchvision classifier (e.g. tv:resnet18)")
         net = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
-    elif name in _MODELS:
+    elif name in MODELS:
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
-        net = _MODELS[name](num_classes=num_classes, width=width)
+        net = MODELS.create(name, num_classes=num_classes, width=width)
     else:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(_MODELS))}, or tv:<torchvision name>")
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS.names())}, or tv:<torchvision name>")
     default_mean, default_std = default_normalization(name)
     return nn.Sequential(Normalize(mean or default_mean, std or default_std), net)

@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from facepoison.cli.common import load_classifier, resolve_device
-from facepoison.cli.craft import craft_store
-from facepoison.cli.train import train_checkpoint
 from facepoison.config import CraftCommandConfig, DataConfig, ModelConfig, TrainCommandConfig, load_config, to_dict
 from facepoison.crafter import CrafterConfig, PoisonCrafter
+from facepoison.crafting import craft_store
 from facepoison.data import load_dataset
 from facepoison.losses import target_gradient
 from facepoison.objectives import create_objective
 from facepoison.provenance import code_revision
+from facepoison.runtime import load_classifier, resolve_device
+from facepoison.training import train_checkpoint
 from recognition.train import TrainConfig, make_optimizer
 
 log = logging.getLogger("cifar_benchmark")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     surrogate_path = run_dir / "surrogate.pt"
     if not surrogate_path.exists():
         sur_cfg = TrainCommandConfig(data=data_cfg, model=cfg.model, train=cfg.surrogate, device=str(device))
-        meta = train_checkpoint(sur_cfg, train, test, surrogate_path, device, quiet=True)
+        meta = train_checkpoint(sur_cfg, train, test, surrogate_path, device)
         results["surrogate"] = {"test_accuracy": meta["test_accuracy"], "train_seconds": meta["train_seconds"]}
         save()
     surrogate, sur_meta = load_classifier(str(surrogate_path))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             data=data_cfg, craft=dataclasses.replace(cfg.craft, eps=float(eps)), objective=objective,
             surrogate=str(surrogate_path), target_samples=cfg.target_samples, batch_size=cfg.craft_batch_size,
             device=str(device))
-        report = craft_store(craft_cfg, train, surrogate, sur_meta, path, device, quiet=True)
+        report = craft_store(craft_cfg, train, surrogate, sur_meta, path, device)
         results["crafting"][f"{objective}_{eps:g}"] = report
         save()
         log.info("crafted %s: %s", path.name, report)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                          poisons=poisons, device=str(device))
             out = run_dir / f"victim_{name}_s{int(seed)}.pt"
             meta = train_checkpoint(vic_cfg, train, test, out, device, fresh=not out.with_name(
-                out.name + ".resume.pt").exists(), quiet=True)
+                out.name + ".resume.pt").exists())
             results["victims"][key] = {"test_accuracy": meta["test_accuracy"], "train_seconds": meta["train_seconds"]}
             out.unlink()  # keep the run folder small; the accuracy is what the report needs
             save()

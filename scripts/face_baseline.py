@@ -26,8 +26,8 @@ from torch.utils.data import ConcatDataset, Dataset
 from eval.benchmarks import load_cfp_pairs
 from eval.identification import gallery_probe_split, knn_topk
 from eval.verification import pair_scores, verify
-from facepoison.cli.train import face_loss
 from facepoison.provenance import code_revision
+from facepoison.training import face_loss
 from recognition.embed import embed_dataset
 from recognition.faceset import FaceSet
 from recognition.heads import create_recognizer

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from facepoison.cli.common import init_distributed
-from facepoison.cli.train import train_checkpoint
 from facepoison.config import TrainCommandConfig, load_config
+from facepoison.runtime import init_distributed
+from facepoison.training import train_checkpoint
 from recognition.checkpoint import export_half
 from recognition.release import release_split
 

@@ -94,14 +94,15 @@ def test_bad_config_raises(bad):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="alignment, random, tensorclog"):
+    with pytest.raises(ValueError, match="adversarial, alignment, .*random, targeted_alignment, tensorclog"):
         create_objective("nope")
     with pytest.raises(ValueError, match="l2, ssim, tv"):
         CrafterConfig(regularizers={"l3": 1.0})
     with pytest.raises(ValueError, match="flip, none, shift_flip"):
         create_augmentation("rotate")
+    obj = create_objective("alignment")  # built without a target; using it before prepare() is the error
     with pytest.raises(ValueError, match="target gradient"):
-        create_objective("alignment")
+        obj.loss(None, [], torch.zeros(1, 3, 2, 2), torch.zeros(1, dtype=torch.long))
 
 
 def test_affine_batchnorm_matches_eval_batchnorm(tiny_model, tiny_batch):
@@ -132,7 +133,8 @@ def test_augmentation_replays_and_is_differentiable():
 
 
 def test_shift_moves_content_and_flip_mirrors():
-    from facepoison.augment import ShiftFlipParams, shift_flip
+    from recognition.augment import ShiftFlipParams
+    from recognition.augment import apply_shift_flip as shift_flip
 
     x = torch.arange(16.0).view(1, 1, 4, 4)
     p = ShiftFlipParams(shift_y=torch.tensor([1]), shift_x=torch.tensor([0]), flip=torch.tensor([False]))

@@ -79,7 +79,7 @@ def test_evaluate_end_to_end(fixtures, tmp_path, capsys, monkeypatch):
     assert not list(out.glob("*.tmp"))
 
     # the second run reads every face and embedding from the cache
-    import facepoison.cli.evaluate as ev
+    import facepoison.evaluation as ev
 
     def no_work(*a, **k):
         raise AssertionError("cache missed")

@@ -8,7 +8,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from facepoison.cli.main import main
-from facepoison.cli.prepare import list_photos, process_batch
+from facepoison.preparing import list_photos, process_batch
 from recognition.detect import FaceDetector
 from recognition.faceset import FaceSet, finished_batches, journal_dir, write_journal_batch
 
@@ -89,7 +89,7 @@ def test_train_face_recognizer_on_prepared_set(photo_tree, tmp_path, capsys):
     meta = json.loads(ckpt.with_name(ckpt.name + ".json").read_text())
     assert meta["kind"] == "face" and meta["classes"] == ["bob", "anna"] and meta["embedding_size"] == 16
     assert meta["cosface_s"] == 64.0 and meta["cosface_m"] == 0.35 and len(meta["history"]) == 2
-    from facepoison.cli.common import load_classifier
+    from facepoison.runtime import load_classifier
 
     model, _ = load_classifier(str(ckpt))
     import torch

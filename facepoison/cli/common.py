@@ -1,4 +1,8 @@
-"""Shared CLI plumbing: error reporting, devices, torchrun, progress bars, models from checkpoints."""
+"""Shared CLI plumbing: argument parsing into one-line errors with exit code 2, logging, progress bars.
+
+The engine (devices, torchrun, checkpoints) lives in :mod:`facepoison.runtime` and the step modules; the
+CLI only parses, calls and prints.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch import nn
 
-from facepoison.errors import UsageError
-from recognition.checkpoint import load_checkpoint
-from recognition.heads import create_recognizer
-from recognition.models import create_model
+from facepoison.errors import UsageError, first_line
+from facepoison.runtime import ProgressBar, ProgressFactory, no_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,10 +40,10 @@ def run_command(
             # saves can abort at exit ("terminate called without an active exception").
             dist.barrier()
         return code
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         if os.environ.get("FACEPOISON_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         print(f"facepoison {prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -60,52 +60,6 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Join a torchrun process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU).
-
-    Returns (rank, world size, device of this process).
-    """
-    resolved = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, resolved
-    if resolved.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        resolved = torch.device("cuda", local)
-        torch.cuda.set_device(resolved)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), resolved
-
-
-def resolve_device(name: str | None) -> torch.device:
-    name = name or "auto"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but CUDA is not available")
-    return dev
-
-
-def build_classifier(meta: dict[str, Any]) -> nn.Module:
-    """An untrained model of the architecture a checkpoint's meta records (classifier or face recognizer)."""
-    if meta.get("kind") == "face":
-        return create_recognizer(meta["model"], meta["num_classes"], meta["width"], meta["embedding_size"],
-                                 meta.get("dropout", 0.0), meta["cosface_s"], meta["cosface_m"],
-                                 meta.get("stem_stride", 1))
-    return create_model(meta["model"], meta["num_classes"], width=meta.get("width", 64),
-                        mean=meta.get("mean"), std=meta.get("std"))
-
-
-def load_classifier(path: str) -> tuple[nn.Module, dict[str, Any]]:
-    """A classifier checkpoint written by ``facepoison train`` (one-line ValueError when it does not fit)."""
-    return load_checkpoint(path, build_classifier)
 
 
 class Progress:
@@ -127,3 +81,14 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def progress_bars(enabled: bool = True, rank0_only: bool = True) -> ProgressFactory:
+    """A :data:`~facepoison.runtime.ProgressFactory` drawing tqdm bars (none when disabled, or off rank 0)."""
+    if not enabled or (rank0_only and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        return no_progress
+
+    def factory(total: int, desc: str, unit: str) -> ProgressBar:
+        return Progress(total, desc, unit)
+
+    return factory

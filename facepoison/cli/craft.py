@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from facepoison.cli.common import EXIT_OK, Progress, add_common, init_distributed, load_classifier, run_command
-from facepoison.cli.train import is_face_set, load_face_data
-from facepoison.config import CraftCommandConfig, load_config, parse_eps, to_dict
-from facepoison.crafter import PoisonCrafter, craft_dataset, num_chunks
-from facepoison.data import ImageSet, load_dataset
+from facepoison.cli.common import EXIT_OK, add_common, progress_bars, run_command
+from facepoison.config import CraftCommandConfig, load_config, parse_eps
+from facepoison.crafting import craft_store, discard_partial
 from facepoison.errors import UsageError
-from facepoison.losses import target_gradient
-from facepoison.objectives import OBJECTIVES, create_objective
-from facepoison.provenance import code_revision, file_sha256
-from facepoison.store import FORMAT, StoreWriter, done_chunks, merge_parts, part_paths
-from recognition.faceset import FaceSet
-from recognition.train import rank as process_rank
-from recognition.train import world_size
+from facepoison.objectives import OBJECTIVES
+from facepoison.runtime import check_output_file, init_distributed, load_classifier
+from facepoison.training import load_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,117 +74,25 @@ def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
     })
 
 
-def target_positions(n: int, cfg: CraftCommandConfig) -> torch.Tensor:
-    """A random subset of positions (fixed by the seed) that estimates the target gradient."""
-    k = cfg.target_samples if cfg.target_samples is not None else max(1, round(cfg.target_fraction * n))
-    if not (0 < k <= n):
-        raise UsageError(f"target estimate needs between 1 and {n} images, got {k}")
-    g = torch.Generator().manual_seed(cfg.craft.seed + 17)
-    return torch.randperm(n, generator=g)[:k].sort().values
-
-
-def fingerprint(cfg: CraftCommandConfig, surrogate_sha: str, data: ImageSet | FaceSet) -> str:
-    """What a partial store must share with this run to be resumed: settings, surrogate and data."""
-    settings = to_dict(cfg)
-    settings.pop("device")
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update(surrogate_sha.encode())
-    digest.update(data.ids.numpy().tobytes())
-    digest.update(str((len(data), *data.sample_shape)).encode())
-    return digest.hexdigest()
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if not cfg.surrogate:
         raise UsageError("--surrogate is required (a checkpoint from facepoison train)")
     OBJECTIVES.get(cfg.objective)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
-    rank, world, device = init_distributed(cfg.device)
+    # Validate in the order a user reads the command: data, output, then the surrogate (slowest to load).
+    data = load_data(cfg.data)
+    check_output_file(out, [cfg.data.root], args.overwrite)
     model, meta = load_classifier(cfg.surrogate)
-    if is_face_set(cfg.data.root):
-        data = load_face_data(cfg)
-    else:
-        data = load_dataset(cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.data.subset,
-                            cfg.data.subset_seed)
+    rank, world, device = init_distributed(cfg.device)
     if args.overwrite and rank == 0:
-        for p in [out, *part_paths(out, include_tmp=True)]:
-            p.unlink(missing_ok=True)
+        discard_partial(out)
     if world > 1:
         dist.barrier()
-    report = craft_store(cfg, data, model, meta, out, device, quiet=args.quiet)
+    report = craft_store(cfg, data, model, meta, out, device, progress=progress_bars(not args.quiet))
     if report is not None:
         print(json.dumps(report))
     return EXIT_OK
-
-
-def craft_store(
-    cfg: CraftCommandConfig, data: ImageSet | FaceSet, model: torch.nn.Module, meta: dict, out: Path,
-    device: torch.device, quiet: bool = False,
-) -> dict | None:
-    """Craft poisons for ``data`` against ``model`` into the store ``out``, resuming finished chunks.
-
-    Face sets are crafted against a CosFace recognizer through its margin logits (``model.logits``).
-
-    Under torchrun every rank takes every W-th unfinished chunk and writes its own part file; rank 0
-    merges them. Returns a small report on rank 0 (None elsewhere).
-    """
-    rank, world = process_rank(), world_size()
-    if meta["num_classes"] != len(data.classes):
-        raise UsageError(f"surrogate {cfg.surrogate} has {meta['num_classes']} classes, the data has "
-                         f"{len(data.classes)}: it was not trained on this data")
-    if "image_shape" in meta and list(meta["image_shape"]) != list(data.sample_shape):
-        raise UsageError(f"surrogate was trained on {meta['image_shape']} images, the data is "
-                         f"{list(data.sample_shape)}")
-    logits_fn = model.logits if meta.get("kind") == "face" else None
-    model.to(device)
-    surrogate_sha = file_sha256(cfg.surrogate)
-    fp = fingerprint(cfg, surrogate_sha, data)
-    n, n_chunks = len(data), num_chunks(len(data), cfg.batch_size)
-    finished = done_chunks(out, fp)
-    todo = [k for k in range(n_chunks) if k not in finished][rank::world]
-
-    objective_target = None
-    t0 = time.perf_counter()
-    if OBJECTIVES.get(cfg.objective).needs_target and todo:
-        pos = target_positions(n, cfg)
-        batches = (data.get_batch(pos[i : i + cfg.batch_size]) for i in range(0, len(pos), cfg.batch_size))
-        objective_target = target_gradient(model, ((x.float() / 255, y) for x, y in batches), logits_fn=logits_fn,
-                                           device=device)
-    target_seconds = time.perf_counter() - t0
-    objective = create_objective(cfg.objective, target=objective_target, independent=cfg.craft.independent)
-    crafter = PoisonCrafter(model, objective, cfg.craft, logits_fn=logits_fn, device=device)
-
-    attrs = {"format": FORMAT, "eps": cfg.craft.eps, "objective": cfg.objective, "steps": cfg.craft.steps,
-             "restarts": cfg.craft.restarts, "seed": cfg.craft.seed, "independent": cfg.craft.independent,
-             "surrogate_sha256": surrogate_sha, "config": to_dict(cfg), "code_revision": code_revision(),
-             "fingerprint": fp, "classes": data.classes}
-    bound = int(round(cfg.craft.eps))
-    craft_seconds, crafted = 0.0, 0
-    if todo:
-        writer = StoreWriter(out, data.ids.numpy(), tuple(data.sample_shape), cfg.batch_size, bound, attrs, rank)
-        bar = Progress(n, "craft", "img", enabled=not quiet and rank == 0)
-        bar.update(min(n, len(finished) * cfg.batch_size))
-        try:
-            for chunk in craft_dataset(crafter, data.get_batch, n, cfg.batch_size, todo):
-                writer.write(chunk.index, chunk.positions, chunk.delta, chunk.loss)
-                craft_seconds += chunk.seconds
-                crafted += len(chunk.positions)
-                bar.update(len(chunk.positions) * world, loss=f"{chunk.loss:.3f}")
-        finally:
-            writer.close()
-            bar.close()
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return None
-    merge_parts(out, n_chunks)
-    steps = max(1, cfg.craft.steps * cfg.craft.restarts)
-    return {"store": str(out), "images": n, "resumed_chunks": len(finished), "crafted_images_rank0": crafted,
-            "target_seconds": round(target_seconds, 2), "craft_seconds": round(craft_seconds, 2),
-            "image_steps_per_s": round(crafted * steps / craft_seconds, 2) if craft_seconds else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,11 +7,13 @@ Every stage is cached under ``run_dir/<name>/`` and resumes after an interruptio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from facepoison.cli.common import EXIT_OK, add_common, run_command
+from facepoison.cli.common import EXIT_OK, add_common, progress_bars, run_command
 from facepoison.config import load_config
 from facepoison.errors import UsageError
 from facepoison.experiment import ExperimentConfig, run_experiment
@@ -42,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
             if not sep:
                 raise UsageError(f"--bin wants NAME=FILE.bin, got {spec!r}")
             bins[name] = file
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, bins=bins)
     if not cfg.poisons and not cfg.protect.enabled:
         raise UsageError(f"{path} lists no poison runs (key poisons) and disables the protect path")
-    result = run_experiment(cfg, path, quiet=args.quiet)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"[experiment {cfg.name}] {message}", file=sys.stderr, flush=True)
+
+    result = run_experiment(cfg, path, log=log, progress=progress_bars(not args.quiet))
     summary = {m["label"]: (m.get("identification") or {}).get("top1") for m in result["models"]}
     print(json.dumps({"report_dir": cfg.report_dir, "top1": summary}))
     return EXIT_OK

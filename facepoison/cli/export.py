@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-from facepoison.cli.common import EXIT_OK, Progress, add_common, run_command
-from facepoison.data import load_dataset
-from facepoison.errors import UsageError
-from facepoison.store import PoisonedDataset, load_store
+from facepoison.cli.common import EXIT_OK, add_common, progress_bars, run_command
+from facepoison.exporting import export_poisoned
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,45 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
-    poisons = load_store(args.poisons)
-    data_cfg = json.loads(poisons.attrs["config"])["data"]
-    root, out = Path(args.data), Path(args.out)
-    if not root.is_dir():
-        raise UsageError(f"input folder {root} does not exist")
-    if _is_within(out, root):
-        raise UsageError(f"output folder {out} is inside the input folder {root}; choose another place")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"output folder {out} is not empty; pass --overwrite to write into it")
-    data = load_dataset(root, data_cfg["split"], data_cfg.get("image_size"), data_cfg.get("subset"),
-                        data_cfg.get("subset_seed", 0))
-    poisoned = PoisonedDataset(data, poisons)
-    bound = poisons.bound
-    bar = Progress(len(data), "export", "img", enabled=not args.quiet)
-    worst = 0
-    for i in range(len(data)):
-        image, _ = poisoned[i]
-        diff = int((image.to(torch.int16) - data.images[i].to(torch.int16)).abs().max())
-        if diff > bound:  # cannot happen with a valid store; refuse rather than release a wrong image
-            raise UsageError(f"sample {data.paths[i]} would differ by {diff} > {bound} from its original")
-        worst = max(worst, diff)
-        target = out / Path(data.paths[i]).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(tmp, format="PNG")
-        os.replace(tmp, target)
-        bar.update()
-    bar.close()
-    print(json.dumps({"out": str(out), "images": len(data), "poisoned": poisoned.num_poisoned,
-                      "max_abs_diff": worst, "bound": bound}))
+    summary = export_poisoned(args.data, args.poisons, args.out, args.overwrite, progress_bars(not args.quiet))
+    print(json.dumps(summary))
     return EXIT_OK
 
 

@@ -21,15 +21,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from facepoison.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    add_common,
-    init_distributed,
-    run_command,
-)
+import torch.distributed as dist
+
+from facepoison.cli.common import EXIT_FAILED, EXIT_OK, add_common, progress_bars, run_command
 from facepoison.config import parse_eps
-from facepoison.data import IMAGE_EXTENSIONS
 from facepoison.errors import UsageError
 from facepoison.protect import (
     DEFAULT_SURROGATE,
@@ -37,15 +32,15 @@ from facepoison.protect import (
     IDENTITY_MODES,
     MANIFEST,
     PRESETS,
-    Item,
-    ManifestWriter,
+    Protector,
     ProtectSettings,
     Surrogate,
+    collect,
+    merge_rank_manifests,
     protect_photos,
     read_manifest,
 )
-
-PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".jfif"}
+from facepoison.runtime import init_distributed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,83 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def collect(inputs: list[str], out: Path, identities: str) -> list[Item]:
-    """Every photo of the inputs with its output-relative path and identity group (checks before writing)."""
-    out = out.resolve()
-    items: list[Item] = []
-    for raw in inputs:
-        src = Path(raw)
-        if not src.exists():
-            raise UsageError(f"input {src} does not exist")
-        real = src.resolve()
-        if _inside(out, real) or _inside(real, out):
-            raise UsageError(f"--out {out} must not be inside the input {src} (nor the input inside it)")
-        if src.is_dir():
-            prefix = Path(real.name) if len(inputs) > 1 else Path()
-            for f in sorted(real.rglob("*")):
-                if f.is_file() and f.suffix.lower() in PHOTO_EXTENSIONS and not f.name.startswith("."):
-                    rel = prefix / f.relative_to(real)
-                    group = str(rel.parent) if identities != "auto" else "all"
-                    items.append(Item(f, str(rel), group))
-        else:
-            group = str(real.parent) if identities != "auto" else "all"
-            items.append(Item(real, real.name, group))
-    if not items:
-        raise UsageError(f"no photos found in {', '.join(inputs)} (extensions: {', '.join(sorted(PHOTO_EXTENSIONS))})")
-    seen: dict[str, Path] = {}
-    for it in items:
-        if it.rel in seen and seen[it.rel] != it.source:
-            raise UsageError(f"two inputs map to the same output {it.rel}: {seen[it.rel]} and {it.source}")
-        seen[it.rel] = it.source
-    return list({it.rel: it for it in items}.values())
-
-
 def run(args: argparse.Namespace) -> int:
-    eps, steps = PRESETS[args.strength]
-    if args.eps is not None:
-        eps = parse_eps(args.eps)
-    if args.steps is not None:
-        if args.steps < 1:
-            raise UsageError("--steps must be >= 1")
-        steps = args.steps
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be >= 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    settings = ProtectSettings.from_strength(
+        args.strength, eps=parse_eps(args.eps) if args.eps is not None else None, steps=args.steps,
+        identities=args.identities, batch_size=args.batch_size, force_png=args.format == "png", no_face=args.no_face,
+        keep_gps=args.keep_gps, min_face_size=args.min_face_size, seed=args.seed)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
-    items = collect(args.inputs, out, args.identities)
+    items = collect(args.inputs, out)
     rank, world, device = init_distributed(args.device)
-    surrogate_path = Path(args.surrogate) if args.surrogate else DEFAULT_SURROGATE
-    if not surrogate_path.is_file():
-        raise UsageError(f"surrogate {surrogate_path} does not exist")
-    surrogate = Surrogate(surrogate_path, device)
-    settings = ProtectSettings(eps=eps, steps=steps, identities=args.identities, batch_size=args.batch_size,
-                               force_png=args.format == "png", no_face=args.no_face, keep_gps=args.keep_gps,
-                               min_face_size=args.min_face_size, seed=args.seed)
+    surrogate = Surrogate(Path(args.surrogate) if args.surrogate else DEFAULT_SURROGATE, device)
+    protector = Protector(surrogate, settings, device=str(device))
 
     # Everything checked: from here on, outputs are written.
     manifest_path = out / MANIFEST
-    results, todo, faces, seconds = protect_photos(items, out, settings, surrogate, device, overwrite=args.overwrite,
-                                                   quiet=args.quiet, rank=rank, world=world)
+    results, todo, faces, seconds = protect_photos(items, out, protector, overwrite=args.overwrite, rank=rank,
+                                                   world=world, progress=progress_bars(not args.quiet))
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
         if rank == 0:
-            merged = ManifestWriter(manifest_path)
-            for r in range(world):
-                part = out / f"{MANIFEST}.rank{r}"
-                for line in part.read_text().splitlines():
-                    if line.strip():
-                        merged.fh.write(line + "\n")
-                merged.fh.flush()
-            merged.close()
-            for r in range(world):
-                (out / f"{MANIFEST}.rank{r}").unlink()
+            merge_rank_manifests(out, world)
         dist.barrier()
     if args.report and rank == 0:
         from facepoison.report import contact_sheet

@@ -1,0 +1,154 @@
+"""The face experiment's config: one frozen dataclass tree, loaded from YAML (``configs/faces_*.yaml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from facepoison.config import ModelConfig
+from facepoison.crafter import CrafterConfig
+from facepoison.errors import UsageError
+from facepoison.protect.surrogate import IDENTITY_MODES
+from recognition.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """Where the faces come from, and how the identities are split (see :mod:`recognition.release`).
+
+    Attributes:
+        celeba_photos, cfp_root: the photo trees (CelebA-wild ``<identity>/<image>``, the CFP layout).
+        celeba_faces, cfp_faces: prepared face sets to use instead of preparing the photos.
+        lfw_overlap: CFP identities that are also LFW identities (kept out of training), or None.
+        heldout: CelebA identities held out for identification (never trained on).
+        min_photos: fewest photos a held-out identity has.
+        split_seed: seed of the identity split.
+        train_folds: CFP protocol folds (first, last) whose identities are released; the others evaluate.
+        celeba_identities, cfp_identities: caps on the released identities of each set.
+        faces_per_identity: only the first N faces of each released identity.
+    """
+
+    celeba_photos: str = "../shared/data/faces/celeba_wild"
+    cfp_root: str = "../shared/data/faces/cfp"
+    celeba_faces: str | None = None
+    cfp_faces: str | None = None
+    lfw_overlap: str | None = "../shared/data/faces/cfp/cfp_lfw_name_overlap.tsv"
+    heldout: int = 80
+    min_photos: int = 20
+    split_seed: int = 0
+    train_folds: tuple[int, ...] = (1, 7)
+    celeba_identities: int | None = None
+    cfp_identities: int | None = None
+    faces_per_identity: int | None = None
+
+
+@dataclass(frozen=True)
+class PoisonRun:
+    """One poisoned release set: an objective at an ε (/255) against one of the named surrogates."""
+
+    objective: str = "alignment"
+    eps: float = 8.0
+    surrogate: str = "resnet18"
+
+    @property
+    def name(self) -> str:
+        """File-name-safe key, e.g. ``alignment_resnet18_eps8``."""
+        sur = "" if self.objective == "random" else f"_{self.surrogate}"
+        return f"{self.objective}{sur}_eps{self.eps:g}"
+
+    @property
+    def label(self) -> str:
+        """Report label, e.g. ``alignment 8/255 (R18)``."""
+        sur = "" if self.objective == "random" else f" ({self.surrogate.replace('resnet', 'R')})"
+        return f"{self.objective} {self.eps:g}/255{sur}"
+
+
+@dataclass(frozen=True)
+class ProtectStage:
+    """The protect path: the release photos through ``facepoison protect``'s engine, then a victim on them.
+
+    Attributes:
+        enabled: run it.
+        surrogate: checkpoint to protect with (the bundled surrogate when None).
+        eps, steps: strength.
+        identities: one mode, or a comma-separated list of modes to compare (``folder,auto,single``).
+        batch_size: faces crafted together.
+    """
+
+    enabled: bool = True
+    surrogate: str | None = None
+    eps: float = 8.0
+    steps: int = 15
+    identities: str = "folder"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole face experiment (see :mod:`facepoison.experiment`).
+
+    Attributes:
+        name: the run's folder under ``run_dir`` and the report's name.
+        run_dir: where stages cache their outputs.
+        report_dir: where the report goes.
+        data: faces and identity split.
+        surrogates: named surrogate architectures (``resnet18: {name: resnet18, width: 16}``).
+        surrogate_train, victim_train: training schedules.
+        victim: the victims' architecture.
+        craft: crafting settings shared by every poison run (ε comes from the run).
+        craft_batch_size: faces per crafting batch and store chunk.
+        target_fraction: fraction of the release set that estimates the target gradient.
+        poisons: the poisoned sets.
+        protect: the protect path.
+        lfw, lfw_pairs, bins: optional extra verification benchmarks.
+        figure_faces: rows of the figure of clean and poisoned faces.
+        device: ``auto``, ``cpu``, ``cuda``.
+        notes: free text copied into the report.
+
+    Example:
+        >>> ExperimentConfig(poisons=(PoisonRun("alignment", 16.0),)).poisons[0].label
+        'alignment 16/255 (R18)'
+    """
+
+    name: str = "faces"
+    run_dir: str = "runs/experiments"
+    report_dir: str = "docs/results"
+    data: ExperimentData = field(default_factory=ExperimentData)
+    surrogates: Mapping[str, ModelConfig] = field(default_factory=lambda: {"resnet18": ModelConfig()})
+    surrogate_train: TrainConfig = field(default_factory=TrainConfig)
+    victim: ModelConfig = field(default_factory=ModelConfig)
+    victim_train: TrainConfig = field(default_factory=TrainConfig)
+    craft: CrafterConfig = field(default_factory=CrafterConfig)
+    craft_batch_size: int = 64
+    target_fraction: float = 0.1
+    poisons: tuple[PoisonRun, ...] = ()
+    protect: ProtectStage = field(default_factory=ProtectStage)
+    lfw: str | None = None
+    lfw_pairs: str | None = None
+    bins: Mapping[str, str] = field(default_factory=dict)
+    figure_faces: int = 4
+    device: str = "auto"
+    notes: str = ""
+
+
+def protect_modes(p: ProtectStage) -> list[str]:
+    """The ``--identities`` modes of the protect path (``identities: folder,auto,single`` compares them)."""
+    if not p.enabled:
+        return []
+    modes = list(dict.fromkeys(m.strip() for m in p.identities.split(",") if m.strip()))
+    if not modes or set(modes) - set(IDENTITY_MODES):
+        raise UsageError(f"protect.identities must be folder, auto or single, or a comma-separated list of them; "
+                         f"got {p.identities!r}")
+    return modes
+
+
+def check_config(cfg: ExperimentConfig) -> list[str]:
+    """Everything that can be checked before any stage runs; returns the protect modes."""
+    if not cfg.poisons and not cfg.protect.enabled:
+        raise UsageError("the config lists no poison runs (key poisons) and disables the protect path")
+    modes = protect_modes(cfg.protect)
+    used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
+    missing = sorted(used - set(cfg.surrogates))
+    if missing:
+        raise UsageError(f"poison runs name surrogates missing from surrogates: {', '.join(missing)}")
+    return modes

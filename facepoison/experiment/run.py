@@ -1,0 +1,96 @@
+"""Running the face experiment: stages in order, then the evaluation and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from facepoison.config import to_dict
+from facepoison.errors import UsageError
+from facepoison.evaluation import FaceEvaluation, evaluate_faces
+from facepoison.experiment.config import ExperimentConfig, PoisonRun, check_config
+from facepoison.experiment.report import poisoned_faces_figure, write_report
+from facepoison.experiment.stages import Stages, key
+from facepoison.provenance import code_revision
+from facepoison.runtime import ProgressFactory, no_progress
+
+
+def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str], None] = lambda m: None,
+                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Run (or resume) every stage of ``cfg``, evaluate every victim and write the report.
+
+    Returns:
+        The report's data: per victim its evaluation (``models``), release and held-out sizes, timings, the
+        stages this invocation ran (``stages_run``), machine, date, code revision and command.
+    """
+    start = time.perf_counter()
+    modes = check_config(cfg)  # a bad mode or surrogate name fails before any stage runs
+    used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
+    st = Stages(cfg, log, progress)
+    celeba, cfp = st.prepared()
+    split = st.split(celeba, cfp)
+    if len(split.release) == 0 or not split.celeba_heldout:
+        raise UsageError("the identity split leaves no release faces or no held-out identities")
+    ids_key = key(split.release.paths, split.release.identities)
+    log(f"release: {len(split.release)} faces of {len(split.release.identities)} identities; "
+        f"held-out: {len(split.heldout)} faces of {len(split.celeba_heldout)} identities")
+    surrogates = {}
+    for name, mc in cfg.surrogates.items():
+        if name not in used:  # only the surrogates some poison run crafts against
+            continue
+        out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(cfg.surrogate_train), ids_key)}.pt"
+        surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
+    stores: dict[str, tuple[PoisonRun, Path]] = {}
+    for run in cfg.poisons:
+        sur = surrogates.get(run.surrogate) if run.objective != "random" else None
+        stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
+    victim_key = key(to_dict(cfg.victim), to_dict(cfg.victim_train), ids_key)
+    victims: list[tuple[str, Path, dict]] = []
+    clean = st.root / "victims" / f"clean-{victim_key}.pt"
+    victims.append(("clean", st.train("victim clean", cfg.victim, cfg.victim_train, split.release, clean),
+                    {"kind": "clean"}))
+    for name, (run, store) in stores.items():
+        out = st.root / "victims" / f"{name}-{key(victim_key, store.name)}.pt"
+        victims.append((run.label, st.train(f"victim {name}", cfg.victim, cfg.victim_train, split.release, out,
+                                            poisons=store), {"kind": "poison", **dataclasses.asdict(run)}))
+    for mode in modes:
+        suffix = f" ({mode})" if len(modes) > 1 else ""
+        folder, faces = st.protect(split, mode, suffix)
+        out = folder / f"victim-{victim_key}.pt"
+        notes = ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
+            ([f"{mode} identities"] if len(modes) > 1 else [])
+        label = "protect" + (f" ({', '.join(notes)})" if notes else "")
+        victims.append((label, st.train(f"victim protect{suffix}", cfg.victim, cfg.victim_train, faces, out),
+                        {"kind": "protect", "identities": mode, "faces": len(faces)}))
+    # 6. evaluation
+    eval_dir = st.root / "eval"
+    t0 = time.perf_counter()
+    evaluation = evaluate_faces(FaceEvaluation(
+        models=tuple((label, str(path)) for label, path, _ in victims), out=str(eval_dir),
+        lfw=cfg.lfw if cfg.lfw and cfg.lfw_pairs else None, lfw_pairs=cfg.lfw_pairs if cfg.lfw else None,
+        cfp=cfg.data.cfp_root, cfp_faces=str(cfp), cfp_folds=",".join(str(f) for f in split.eval_folds) or None,
+        bins=tuple(cfg.bins.items()), ident=str(celeba), ident_split=str(st.root / "splits" / "celeba_heldout.txt"),
+        title=f"Face experiment {cfg.name}: victims", device=None if cfg.device == "auto" else cfg.device,
+        command=f"facepoison experiment {config_path} (evaluation stage)"), progress=progress)
+    st.timings["evaluate"] = round(time.perf_counter() - t0, 1)
+    for (_, _, info), rep in zip(victims, evaluation["models"], strict=True):
+        rep["run"] = info
+    figure = poisoned_faces_figure(split.release, stores, cfg, st.root / "poisoned_faces.png")
+    result = {
+        "config": to_dict(cfg), "config_file": str(config_path), "models": evaluation["models"],
+        "protocol": evaluation["protocol"], "release": {"faces": len(split.release),
+                                                        "identities": len(split.release.identities),
+                                                        "celeba_identities": len(split.celeba_release),
+                                                        "cfp_identities": len(split.cfp_release)},
+        "heldout": {"identities": len(split.celeba_heldout), "faces": len(split.heldout)},
+        "cfp_eval_folds": split.eval_folds, "timings_s": st.timings, "stages_run": st.ran,
+        "total_wall_s_this_invocation": round(time.perf_counter() - start, 1),
+        "machine": evaluation["machine"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code_revision": code_revision(), "command": f"facepoison experiment {config_path}",
+    }
+    write_report(result, cfg, config_path, eval_dir / "roc.png", figure)
+    return result

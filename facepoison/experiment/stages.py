@@ -1,0 +1,200 @@
+"""The face experiment's stages, each cached under the run folder by a key of what it depends on.
+
+Every stage is idempotent: a stage whose output exists is not redone, and one that was killed at any point
+(mid-way, or after its output was written but before it was noted) finishes when run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from facepoison.config import CraftCommandConfig, DataConfig, ModelConfig, TrainCommandConfig, to_dict
+from facepoison.crafting import craft_store
+from facepoison.errors import UsageError
+from facepoison.experiment.config import ExperimentConfig, PoisonRun
+from facepoison.preparing import PrepareSettings, prepare_faces
+from facepoison.protect import DEFAULT_SURROGATE, MANIFEST, Item, Protector, ProtectSettings, Surrogate, protect_photos
+from facepoison.runtime import ProgressFactory, init_distributed, load_classifier, no_progress
+from facepoison.training import EpochEval, train_checkpoint
+from recognition.atomic import atomic_write
+from recognition.faceset import FaceSet
+from recognition.train import TrainConfig
+
+
+def key(*parts: Any) -> str:
+    """A short content key of JSON-able parts (what a cached stage output depends on)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def stamp_path(marker: Path) -> Path:
+    """Where a stage notes that its output ``marker`` is complete (and how long it took)."""
+    return marker.with_name(marker.name + ".stage.json")
+
+
+class Stages:
+    """Runs the stages, keeping the wall time of each (also for cached stages, from their first run).
+
+    Args:
+        cfg: the experiment.
+        log: called with one line per stage started or found cached.
+        progress: progress bars for the long stages.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None] = lambda m: None,
+                 progress: ProgressFactory = no_progress) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.progress = progress
+        self.root = Path(cfg.run_dir) / cfg.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        self.ran: list[str] = []  # the stages this invocation ran (not found cached)
+        _, _, self.device = init_distributed(cfg.device)
+
+    def timed(self, name: str, marker: Path, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` unless ``marker`` (its output) exists and is stamped; remember the stage's seconds."""
+        stamp = stamp_path(marker)
+        if marker.exists() and stamp.exists():
+            self.timings[name] = json.loads(stamp.read_text())["seconds"]
+            self.log(f"{name}: cached ({marker})")
+            return None
+        self.log(f"{name} ...")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = round(time.perf_counter() - t0, 1)
+        atomic_write(stamp, json.dumps({"seconds": seconds}))
+        self.timings[name] = seconds
+        self.ran.append(name)
+        return result
+
+    # 1. prepare ----------------------------------------------------------------------------------------
+    def prepared(self) -> tuple[Path, Path]:
+        """The prepared CelebA-wild and CFP face sets (given, or prepared once per source folder)."""
+        d = self.cfg.data
+        out = []
+        for given, src, layout, name in ((d.celeba_faces, d.celeba_photos, "folders", "celeba_wild"),
+                                         (d.cfp_faces, d.cfp_root, "cfp", "cfp")):
+            if given:
+                if not Path(given).is_file():
+                    raise UsageError(f"prepared face set {given} does not exist")
+                out.append(Path(given))
+                continue
+            path = Path(self.cfg.run_dir) / "prepared" / f"{name}-{key(str(Path(src).resolve()), layout)}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+            def run(src=src, layout=layout, path=path):
+                if not path.exists():
+                    prepare_faces(src, path, PrepareSettings(layout=layout), device=self.cfg.device,
+                                  progress=self.progress)
+            self.timed(f"prepare {name}", path, run)
+            out.append(path)
+        return out[0], out[1]
+
+    # 2. split --------------------------------------------------------------------------------------------
+    def split(self, celeba: Path, cfp: Path):
+        """Release / held-out / CFP evaluation identities (written under ``splits/``)."""
+        from recognition.release import release_split
+
+        d = self.cfg.data
+        lo, hi = (int(v) for v in d.train_folds)
+        t0 = time.perf_counter()
+        split = release_split(celeba, cfp, d.cfp_root, n_heldout=d.heldout, min_photos=d.min_photos,
+                              seed=d.split_seed, train_folds=(lo, hi), exclude_lfw=d.lfw_overlap,
+                              celeba_identities=d.celeba_identities, cfp_identities=d.cfp_identities,
+                              faces_per_identity=d.faces_per_identity)
+        split.write(self.root / "splits", f"experiment {self.cfg.name}")
+        self.timings["split"] = round(time.perf_counter() - t0, 1)
+        return split
+
+    # 3. surrogates / 5. victims -------------------------------------------------------------------------
+    def train(self, stage: str, model: ModelConfig, train: TrainConfig, data, out: Path,
+              poisons: Path | None = None, epoch_eval: EpochEval | None = None, eval_every: int = 0) -> Path:
+        """A model trained on ``data`` (with ``poisons`` applied) into ``out``."""
+        cfg = TrainCommandConfig(data=DataConfig(root=str(out)), model=model, train=train,
+                                 poisons=str(poisons) if poisons else None, test_split=None, device=self.cfg.device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def run():
+            done = out.with_name(out.name + ".json")
+            if out.is_file() and done.is_file() and json.loads(done.read_text()).get("config") == to_dict(cfg):
+                return  # trained before the stage was stamped
+            train_checkpoint(cfg, data, None, out, self.device, progress=self.progress, epoch_eval=epoch_eval,
+                             eval_every=eval_every)
+        self.timed(stage, out, run)
+        return out
+
+    # 4. crafting ---------------------------------------------------------------------------------------
+    def craft(self, run: PoisonRun, surrogate: Path | None, data, data_key: str) -> Path:
+        """The poison store of ``run`` over ``data`` (random noise needs no surrogate)."""
+        craft_cfg = dataclasses.replace(self.cfg.craft, eps=float(run.eps))
+        cfg = CraftCommandConfig(data=DataConfig(root=data_key), craft=craft_cfg, objective=run.objective,
+                                 surrogate=str(surrogate) if surrogate else "",
+                                 target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,
+                                 device=self.cfg.device)
+        out = self.root / "poisons" / f"{run.name}-{key(to_dict(cfg), str(surrogate))}.h5"
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def go():
+            if surrogate is None:  # random noise needs no surrogate: any model of the right shape will do
+                from recognition.checkpoint import save_checkpoint
+                from recognition.heads import create_recognizer
+
+                path = out.with_suffix(".none.pt")
+                meta = {"num_classes": len(data.identities), "kind": "face"}
+                if not path.is_file():
+                    save_checkpoint(path, create_recognizer("resnet18", len(data.identities), width=1,
+                                                            embedding_size=8), meta)
+                local = dataclasses.replace(cfg, surrogate=str(path))
+                model = create_recognizer("resnet18", len(data.identities), width=1, embedding_size=8)
+            else:
+                model, meta = load_classifier(surrogate, kind="face")
+                local = cfg
+            craft_store(local, data, model, meta, out, self.device, progress=self.progress)
+
+        self.timed(f"craft {run.name}", out, go)
+        return out
+
+    # 7. protect path -------------------------------------------------------------------------------------
+    def protect(self, split, mode: str, suffix: str = "") -> tuple[Path, FaceSet]:
+        """The release photos protected with ``--identities mode``, prepared again as a scraper would."""
+        p = dataclasses.replace(self.cfg.protect, identities=mode)
+        d = self.cfg.data
+        sur_path = Path(p.surrogate) if p.surrogate else DEFAULT_SURROGATE
+        # the key names the grouping rule: runs before auto mode clustered the whole run were grouped by folder
+        folder = self.root / f"protect-{key(dataclasses.asdict(p), split.release.paths, 'groups:assign_groups')}"
+        photos = folder / "photos"
+        items = []
+        for rel in split.release.paths:
+            part, _, path = rel.partition("/")
+            src_root = Path(d.celeba_photos if part == "celeba" else d.cfp_root)
+            identity = Path(path).parts[0] if part == "celeba" else Path(path).parts[2]
+            items.append(Item(src_root / path, rel, f"{part}/{identity}"))  # the person's folder, as a user has it
+
+        def run_protect():
+            settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size)
+            protector = Protector(Surrogate(sur_path, self.device), settings, device=str(self.device))
+            protect_photos(items, photos, protector, progress=self.progress)
+
+        # resumable through the manifest; the stage stamp is written only when every photo is done
+        photos.mkdir(parents=True, exist_ok=True)
+        self.timed(f"protect photos{suffix}", photos / MANIFEST, run_protect)
+        faces = {}
+        for part, layout in (("celeba", "folders"), ("cfp", "cfp")):  # a scraper detects and aligns them again
+            src = photos / part
+            out = folder / f"{part}.h5"
+            if src.is_dir():
+                def prep(src=src, out=out, layout=layout):
+                    prepare_faces(src, out, PrepareSettings(layout=layout), device=self.cfg.device, overwrite=True,
+                                  progress=self.progress)
+
+                self.timed(f"prepare protected {part}{suffix}", out, prep)
+                faces[part] = FaceSet(out)
+        names = {"celeba": split.celeba_release, "cfp": split.cfp_release}
+        parts = {part: fs.restrict([n for n in names[part] if n in set(fs.identities)]) for part, fs in faces.items()}
+        return folder, FaceSet.concat(parts)

@@ -1,0 +1,357 @@
+"""Unlearnable examples: the min-min loop of error-minimizing noise, sample-wise or identity-wise.
+
+Paper: Huang, Ma, Erfani, Bailey and Wang 2021, "Unlearnable Examples: Making Personal Data Unexploitable".
+The noise solves min_θ Σ_i min_{‖δ_i‖∞ ≤ ε} L(F(x_i + δ_i; θ), y_i): a round trains the surrogate for a few SGD
+steps on the poisoned set, then sweeps the whole set once with signed-gradient steps that *descend* the loss
+w.r.t. the noise, and the loop stops when the surrogate fits the poisoned set (training accuracy ≥ 99%).
+A victim then finds nothing left to learn in the poisoned images.
+
+- sample-wise: one δ_i per image, projected onto the ε-ball ∩ [0, 1] after every step;
+- identity-wise (class-wise): one pattern Δ_k per identity in the aligned frame, stepped with the sign of the
+  summed gradient of all images of identity k and clipped to [−ε, ε]; the poisoned image is
+  clamp(x + Δ_y, 0, 1), so each image's δ is Δ_y up to that [0, 1] feasibility clip.
+
+The batch form of the same loss on a fixed surrogate is the ``error_min`` objective of
+:mod:`facepoison.objectives`, which runs in :class:`~facepoison.crafter.PoisonCrafter`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facepoison.augment import Augmentation, create_augmentation
+from facepoison.losses import project, trainable_parameters
+from facepoison.objectives import model_logits_fn
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""(model, images in [0,1], labels) → scalar mean loss, as in :func:`recognition.train.train_classifier`."""
+
+ImageSource = Tensor | Callable[[list[int]], Tensor | tuple[Tensor, ...]]
+"""Images ``(N, C, H, W)`` (uint8, or float in [0, 1]) or a getter positions → such images; a getter may return a
+tuple whose first element is the images, so a data set's ``get_batch`` can be passed as is."""
+
+
+@dataclass(frozen=True)
+class MinMinConfig:
+    """Settings of the min-min loop.
+
+    Attributes:
+        eps: L∞ radius in /255 units (8 means 8/255), in (0, 255].
+        noise_steps: signed-gradient steps on the noise of each batch, per pass over the set.
+        step_size: noise step as a fraction of ε (0.1: ε/10 per signed step, as in Huang et al.).
+        train_steps: surrogate SGD steps on the poisoned set between noise passes; 0 keeps the surrogate fixed.
+        lr: surrogate learning rate.
+        momentum: surrogate SGD momentum.
+        batch_size: images per batch, for the noise passes and for the surrogate's steps.
+        max_rounds: most rounds (surrogate steps + one noise pass); the loop may stop earlier.
+        stop_accuracy: stop when the surrogate's accuracy on the poisoned set, in eval mode, reaches this.
+        classwise: one pattern per class (identity) instead of one per image.
+        augment: augmentation name (``shift_flip``, ``flip``, ``none``), used for noise and surrogate steps.
+        max_shift: largest shift of ``shift_flip``; < 1 is a fraction of the image width.
+        seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
+    """
+
+    eps: float = 8.0
+    noise_steps: int = 10
+    step_size: float = 0.1
+    train_steps: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 128
+    max_rounds: int = 20
+    stop_accuracy: float = 0.99
+    classwise: bool = False
+    augment: str = "shift_flip"
+    max_shift: float = 0.125
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.eps <= 255):
+            raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
+        if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
+            raise ValueError(f"need noise_steps >= 1, train_steps >= 0, max_rounds >= 1 and batch_size >= 1, got "
+                             f"{self.noise_steps}, {self.train_steps}, {self.max_rounds}, {self.batch_size}")
+        if self.step_size <= 0 or self.lr <= 0 or not (0 <= self.momentum < 1):
+            raise ValueError(f"need step_size > 0, lr > 0 and momentum in [0, 1), got {self.step_size:g}, "
+                             f"{self.lr:g}, {self.momentum:g}")
+        if not (0 < self.stop_accuracy <= 1):
+            raise ValueError(f"stop_accuracy must be in (0, 1], got {self.stop_accuracy:g}")
+        create_augmentation(self.augment, **self._augment_kwargs())
+
+    def _augment_kwargs(self) -> dict:
+        return {"max_shift": self.max_shift} if self.augment == "shift_flip" else {}
+
+    @property
+    def eps_unit(self) -> float:
+        """ε in [0, 1] pixel units."""
+        return self.eps / 255.0
+
+
+@dataclass
+class MinMinRound:
+    """One round: mean surrogate loss of its SGD steps (nan without them), mean loss of the last noise step of
+    every batch, and the surrogate's accuracy on the poisoned set afterwards."""
+
+    round: int
+    train_loss: float
+    noise_loss: float
+    train_accuracy: float
+
+
+@dataclass
+class UnlearnableResult:
+    """Outcome of :func:`craft_error_minimizing`.
+
+    Attributes:
+        delta: ``(N, C, H, W)`` float32 per-image perturbations in [0, 1] pixel units, on the CPU; ‖δ‖∞ ≤ ε and
+            images + δ ∈ [0, 1]. For identity-wise noise δ_i = clamp(x_i + Δ_{y_i}, 0, 1) − x_i.
+        class_delta: ``(K, C, H, W)`` identity patterns Δ_k (‖Δ_k‖∞ ≤ ε) for identity-wise noise, else None.
+        rounds: rounds run.
+        train_accuracy: the surrogate's final accuracy on the poisoned set (eval mode).
+        history: one record per round.
+        surrogate: the trained surrogate (a copy of the model unless ``in_place``).
+    """
+
+    delta: Tensor
+    class_delta: Tensor | None
+    rounds: int
+    train_accuracy: float
+    history: list[MinMinRound]
+    surrogate: nn.Module
+
+
+def default_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of the training logits: a face recognizer's CosFace margin logits, else ``model(x)``."""
+    return F.cross_entropy(model_logits_fn(model, margin=True)(images, labels), labels)
+
+
+def _image_reader(images: ImageSource, n: int, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """positions → float images in [0, 1] on ``device``."""
+
+    def to_unit(x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            return x.to(device).float().div_(255)
+        x = x.to(device=device, dtype=torch.float32)
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError("float images must be in [0, 1]")
+        return x
+
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or images.shape[0] != n:
+            raise ValueError(f"expected images (N={n}, C, H, W), got {tuple(images.shape)}")
+        return lambda idx: to_unit(images[idx])
+
+    def read(idx: Tensor) -> Tensor:
+        out = images(idx.tolist())
+        out = out[0] if isinstance(out, tuple) else out
+        if out.ndim != 4 or out.shape[0] != len(idx):
+            raise ValueError(f"the image getter returned shape {tuple(out.shape)} for {len(idx)} positions")
+        return to_unit(out)
+
+    return read
+
+
+def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Endless batches of positions, reshuffled every epoch. Only full batches (or all N when N < batch_size):
+    a one-image batch would break BatchNorm in train mode."""
+    size = min(n, batch_size)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        yield from order[: n - n % size].split(size)
+
+
+class _MinMin:
+    """The state of one run: surrogate, noise, generator. Kept private; :func:`craft_error_minimizing` is the API."""
+
+    def __init__(self, model: nn.Module, read: Callable[[Tensor], Tensor], labels: Tensor, num_classes: int,
+                 sample_shape: tuple[int, ...], config: MinMinConfig, loss_fn: LossFn, device: torch.device) -> None:
+        self.model, self.read, self.labels, self.config, self.loss_fn = model, read, labels, config, loss_fn
+        self.device = device
+        self.eps = config.eps_unit
+        self.alpha = config.step_size * self.eps
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.augmentation: Augmentation = create_augmentation(config.augment, **config._augment_kwargs())
+        n = len(labels)
+        shape = (num_classes if config.classwise else n, *sample_shape)
+        start = (torch.rand(shape, generator=self.generator) * 2 - 1) * self.eps  # uniform in the ε-ball
+        # identity patterns live on the device; per-image noise stays on the CPU, only batch slices move
+        self.class_delta = start.to(device) if config.classwise else None
+        self.delta = None if config.classwise else start
+        self.batches = [torch.arange(i, min(n, i + config.batch_size)) for i in range(0, n, config.batch_size)]
+        self.train_stream = _shuffled_batches(n, config.batch_size, self.generator)
+        params = trainable_parameters(model)
+        self.optimizer = (torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+                          if config.train_steps > 0 else None)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.read(idx), self.labels[idx].to(self.device)
+
+    def poisoned(self, images: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
+        """clamp(x + δ, 0, 1), δ the image's noise or its class pattern (differentiable w.r.t. the pattern)."""
+        if self.class_delta is not None:
+            return (images + self.class_delta[labels]).clamp(0.0, 1.0)
+        return (images + self.delta[idx].to(self.device)).clamp(0.0, 1.0)
+
+    def augment(self, images: Tensor) -> Tensor:
+        return self.augmentation.apply(images, self.augmentation.sample(images, self.generator))
+
+    def train_surrogate(self) -> float:
+        self.model.train()
+        total = 0.0
+        for _ in range(self.config.train_steps):
+            idx = next(self.train_stream)
+            images, labels = self.batch(idx)
+            with torch.no_grad():
+                inputs = self.augment(self.poisoned(images, labels, idx))
+            loss = self.loss_fn(self.model, inputs, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return total / self.config.train_steps
+
+    def noise_pass(self) -> float:
+        """One sweep of the set with ``noise_steps`` signed descent steps per batch; mean last-step loss."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for idx in self.batches:
+            images, labels = self.batch(idx)
+            if self.class_delta is not None:
+                loss = self._class_steps(images, labels)
+            else:
+                loss = self._sample_steps(images, labels, idx)
+            total += loss * len(idx)
+            count += len(idx)
+        return total / count
+
+    def _sample_steps(self, images: Tensor, labels: Tensor, idx: Tensor) -> float:
+        delta = self.delta[idx].to(self.device)
+        for _ in range(self.config.noise_steps):
+            delta.requires_grad_(True)
+            loss = self.loss_fn(self.model, self.augment((images + delta).clamp(0.0, 1.0)), labels)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = project(delta - self.alpha * grad.sign(), images, self.eps)
+        self.delta[idx] = delta.detach().to(self.delta.device)
+        return loss.item()
+
+    def _class_steps(self, images: Tensor, labels: Tensor) -> float:
+        for _ in range(self.config.noise_steps):
+            pattern = self.class_delta.detach().requires_grad_(True)
+            loss = self.loss_fn(self.model, self.augment((images + pattern[labels]).clamp(0.0, 1.0)), labels)
+            # the gradient w.r.t. Δ_k sums those of the batch's images of class k; classes absent get 0 (no step)
+            (grad,) = torch.autograd.grad(loss, pattern)
+            with torch.no_grad():
+                self.class_delta = (pattern - self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+        return loss.item()
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        """Top-1 accuracy of ``model(x)`` (cosines for a face recognizer) on the un-augmented poisoned set."""
+        self.model.eval()
+        correct = 0
+        for idx in self.batches:
+            images, labels = self.batch(idx)
+            correct += int((self.model(self.poisoned(images, labels, idx)).argmax(1) == labels).sum())
+        return correct / len(self.labels)
+
+    @torch.no_grad()
+    def per_image_delta(self) -> Tensor:
+        if self.delta is not None:
+            return self.delta
+        out = []
+        for idx in self.batches:
+            images, labels = self.batch(idx)
+            out.append((self.poisoned(images, labels, idx) - images).cpu())
+        return torch.cat(out)
+
+
+def craft_error_minimizing(
+    model: nn.Module,
+    images: ImageSource,
+    labels: Tensor,
+    num_classes: int,
+    config: MinMinConfig,
+    loss_fn: LossFn | None = None,
+    device: torch.device | str | None = None,
+    progress: Callable[[MinMinRound], None] | None = None,
+    in_place: bool = False,
+) -> UnlearnableResult:
+    """Craft unlearnable examples by the min-min loop of Huang et al. 2021.
+
+    Each round: ``train_steps`` SGD steps of the surrogate (train mode, momentum) on augmented poisoned
+    batches; one pass over the set with ``noise_steps`` signed steps of size ``step_size·ε`` per batch that
+    descend the loss of the augmented poisoned images (surrogate in eval mode); then the surrogate's accuracy
+    on the poisoned set (eval mode, no augmentation). The loop stops once that accuracy reaches
+    ``stop_accuracy`` or after ``max_rounds``. With ``train_steps=0`` the surrogate stays fixed.
+
+    Randomness comes only from a ``torch.Generator`` seeded by ``config.seed``, so a run is reproducible.
+
+    Shapes: images ``(N, C, H, W)`` (uint8, or float in [0, 1]), labels ``(N,)`` in [0, K).
+
+    Example:
+        >>> cfg = MinMinConfig(eps=8, classwise=True, batch_size=64)
+        >>> result = craft_error_minimizing(recognizer, faces.get_batch, faces.labels, len(faces.classes), cfg)
+        >>> q = quantize_delta(result.delta, images_u8, cfg.eps_unit)  # int16 steps for the store
+
+    Args:
+        model: the surrogate. It is deep-copied (the caller's model is left untouched) unless ``in_place``;
+            the trained one is returned as ``result.surrogate``.
+        images: the clean images, or a getter positions → images (see :data:`ImageSource`).
+        labels: ``(N,)`` class (identity) indices.
+        num_classes: K, the number of classes (the rows of the identity patterns).
+        config: the loop's settings.
+        loss_fn: (model, images, labels) → mean loss, used for both the noise and the surrogate's steps;
+            :func:`default_loss` (CosFace margin cross-entropy for a face recognizer) by default.
+        device: where to compute; the model's device by default.
+        progress: called with each round's :class:`MinMinRound`.
+        in_place: train the caller's ``model`` itself (its mode is restored afterwards) instead of a copy.
+
+    Returns:
+        :class:`UnlearnableResult`.
+
+    Raises:
+        ValueError: bad shapes, labels outside [0, K), or float images outside [0, 1].
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    n = len(labels)
+    if labels.ndim != 1 or n == 0:
+        raise ValueError(f"expected non-empty labels (N,), got shape {tuple(labels.shape)}")
+    if num_classes < 1 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    surrogate = model if in_place else copy.deepcopy(model)
+    device = torch.device(device) if device is not None else next(surrogate.parameters()).device
+    surrogate.to(device)
+    read = _image_reader(images, n, device)
+    sample_shape = tuple(read(torch.arange(1)).shape[1:])
+    was_training = surrogate.training
+    run = _MinMin(surrogate, read, labels, num_classes, sample_shape, config, loss_fn or default_loss, device)
+    history: list[MinMinRound] = []
+    try:
+        for r in range(1, config.max_rounds + 1):
+            train_loss = run.train_surrogate() if config.train_steps > 0 else math.nan
+            noise_loss = run.noise_pass()
+            record = MinMinRound(round=r, train_loss=train_loss, noise_loss=noise_loss, train_accuracy=run.accuracy())
+            history.append(record)
+            log.info("min-min round %d: surrogate loss %.4f, noise loss %.4f, accuracy on poisons %.4f",
+                     r, train_loss, noise_loss, record.train_accuracy)
+            if progress is not None:
+                progress(record)
+            if record.train_accuracy >= config.stop_accuracy:
+                break
+        delta = run.per_image_delta()
+    finally:
+        surrogate.train(was_training)
+    class_delta = run.class_delta.detach().cpu() if run.class_delta is not None else None
+    return UnlearnableResult(delta=delta, class_delta=class_delta, rounds=len(history),
+                             train_accuracy=history[-1].train_accuracy, history=history, surrogate=surrogate)

@@ -1,0 +1,186 @@
+"""The min-min loop of unlearnable examples (Huang et al. 2021), sample-wise and identity-wise."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facepoison.objectives import OBJECTIVES
+from facepoison.unlearnable import MinMinConfig, MinMinRound, craft_error_minimizing, default_loss
+from recognition.backbones import create_backbone
+from recognition.heads import CosFaceHead, FaceRecognizer
+
+N, K = 16, 4
+EPS = 8 / 255
+
+
+def linear_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, K))
+
+
+def face_model(seed: int = 0) -> FaceRecognizer:
+    torch.manual_seed(seed)
+    return FaceRecognizer(create_backbone("resnet18", width=2, embedding_size=8, input_size=16), CosFaceHead(8, K))
+
+
+@pytest.fixture
+def data():
+    """Images in the interior of [0, 1] (no ε-step reaches the box), four classes of four."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(N, 3, 16, 16, generator=g) * 0.5 + 0.25, torch.arange(N) % K
+
+
+def config(**kw) -> MinMinConfig:
+    base = {"eps": 8, "noise_steps": 5, "train_steps": 5, "batch_size": 8, "max_rounds": 20, "augment": "none"}
+    return MinMinConfig(**{**base, **kw})
+
+
+def state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_feasible(delta, images, eps=EPS):
+    assert delta.shape == images.shape and delta.dtype == torch.float32
+    assert delta.abs().max() <= eps + 1e-6
+    assert (images + delta).min() >= -1e-7 and (images + delta).max() <= 1 + 1e-7
+
+
+def test_identity_wise_noise_is_one_pattern_per_class(data):
+    x, y = data
+    result = craft_error_minimizing(linear_model(), x, y, K, config(classwise=True))
+    assert result.class_delta.shape == (K, 3, 16, 16)
+    assert result.class_delta.abs().max() <= EPS + 1e-7
+    assert_feasible(result.delta, x)
+    # interior images: each image's δ is its class's pattern (up to float rounding of (x + Δ) − x)
+    torch.testing.assert_close(result.delta, result.class_delta[y], rtol=0, atol=1e-6)
+    for a in range(K):
+        for b in range(a + 1, K):
+            assert (result.class_delta[a] - result.class_delta[b]).abs().max() > EPS / 2
+
+
+def test_identity_wise_clip_keeps_images_feasible(data):
+    x, y = data
+    x = x.clone()
+    x[0, :, :4] = 0.0  # box pixels: the shared pattern is clipped per image there
+    x[4, :, :4] = 1.0
+    result = craft_error_minimizing(linear_model(), x, y, K, config(classwise=True, max_rounds=2))
+    assert_feasible(result.delta, x)
+    expected = (x + result.class_delta[y]).clamp(0, 1) - x
+    torch.testing.assert_close(result.delta, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("classwise", [False, True])
+def test_loop_stops_at_the_accuracy_threshold_and_error_goes_down(data, classwise):
+    x, y = data
+    records = []
+    result = craft_error_minimizing(linear_model(), x, y, K, config(classwise=classwise), progress=records.append)
+    assert records == result.history and all(isinstance(r, MinMinRound) for r in records)
+    assert [r.round for r in records] == list(range(1, result.rounds + 1))
+    assert result.rounds < 20 and result.train_accuracy >= 0.99
+    assert all(r.train_accuracy < 0.99 for r in records[:-1]), "stops at the first round that reaches it"
+    assert records[-1].noise_loss < records[0].noise_loss
+    one = craft_error_minimizing(linear_model(), x, y, K, config(classwise=classwise, stop_accuracy=0.01))
+    assert one.rounds == 1
+
+
+def test_face_recognizer_identity_wise_becomes_learnable_shortcut(data):
+    """The real face ResNet with its CosFace margin loss: the surrogate fits the poisons within a few rounds."""
+    x, y = data
+    model = face_model().eval()
+    before = state(model)
+    result = craft_error_minimizing(model, x, y, K, config(classwise=True, lr=0.05, max_rounds=10))
+    assert result.train_accuracy >= 0.99 and result.rounds < 10
+    assert_feasible(result.delta, x)
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), (
+        "the caller's model is left alone")
+    assert result.surrogate is not model and not result.surrogate.training
+
+
+@pytest.mark.parametrize("make, drop", [(linear_model, 0.1), (face_model, 1.0)])
+def test_sample_wise_on_a_fixed_surrogate_lowers_its_loss(data, make, drop):
+    x, y = data
+    x = x.clone()
+    x[0, 0], x[1, 1] = 0.0, 1.0  # pixels on the box
+    model = make().eval()
+    result = craft_error_minimizing(model, x, y, K, config(train_steps=0, max_rounds=2))
+    assert result.class_delta is None and result.rounds == 2
+    assert all(r.train_loss != r.train_loss for r in result.history), "no surrogate steps: nan"
+    assert_feasible(result.delta, x)
+    assert all(torch.equal(a, b) for a, b in zip(result.surrogate.state_dict().values(),
+                                                    model.state_dict().values(), strict=True))
+    with torch.no_grad():
+        clean = default_loss(model, x, y)
+        poisoned = default_loss(model, x + result.delta, y)
+    assert poisoned < clean - drop
+
+
+def test_deterministic_given_the_seed(data):
+    x, y = data
+    cfg = config(classwise=False, augment="shift_flip", max_shift=2, max_rounds=2)
+    a = craft_error_minimizing(linear_model(), x, y, K, cfg)
+    b = craft_error_minimizing(linear_model(), x, y, K, cfg)
+    c = craft_error_minimizing(linear_model(), x, y, K, dataclasses.replace(cfg, seed=1))
+    assert torch.equal(a.delta, b.delta) and a.history == b.history
+    assert not torch.equal(a.delta, c.delta)
+
+
+def test_in_place_trains_the_callers_model_and_restores_its_mode(data):
+    x, y = data
+    model = linear_model().train()
+    before = state(model)
+    result = craft_error_minimizing(model, x, y, K, config(max_rounds=1), in_place=True)
+    assert result.surrogate is model and model.training
+    assert not torch.equal(model.state_dict()["1.weight"], before["1.weight"])
+
+
+def test_uint8_images_and_a_getter_give_the_same_result(data):
+    x, y = data
+    images_u8 = (x * 255).round().to(torch.uint8)
+
+    def get_batch(positions):
+        idx = torch.as_tensor(list(positions), dtype=torch.long)
+        return images_u8[idx], y[idx]
+
+    cfg = config(classwise=True, max_rounds=2)
+    direct = craft_error_minimizing(linear_model(), images_u8, y, K, cfg)
+    through = craft_error_minimizing(linear_model(), get_batch, y, K, cfg)
+    assert torch.equal(direct.delta, through.delta)
+    assert_feasible(direct.delta, images_u8.float() / 255)
+
+
+@pytest.mark.parametrize("name", [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).dataset_level])
+def test_dataset_level_objectives_run_the_min_min_loop(name, data):
+    x, y = data
+    objective = OBJECTIVES.create(name)
+    result = craft_error_minimizing(linear_model(), x, y, K, config(classwise=objective.classwise, max_rounds=1))
+    assert (result.class_delta is not None) == objective.classwise
+    assert_feasible(result.delta, x)
+
+
+@pytest.mark.parametrize("bad", [{"eps": 0}, {"eps": 300}, {"noise_steps": 0}, {"train_steps": -1}, {"lr": 0},
+                                 {"step_size": 0}, {"momentum": 1.0}, {"batch_size": 0}, {"max_rounds": 0},
+                                 {"stop_accuracy": 0}, {"stop_accuracy": 1.5}, {"augment": "rotate"}])
+def test_bad_config_raises(bad):
+    with pytest.raises(ValueError):
+        MinMinConfig(**bad)
+
+
+def test_bad_inputs_raise(data):
+    x, y = data
+    with pytest.raises(ValueError, match="labels"):
+        craft_error_minimizing(linear_model(), x, y + K, K, config(max_rounds=1))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        craft_error_minimizing(linear_model(), x * 3, y, K, config(max_rounds=1))
+    with pytest.raises(ValueError, match="expected images"):
+        craft_error_minimizing(linear_model(), x[:3], y, K, config(max_rounds=1))
+
+
+def test_default_loss_is_the_cosface_margin_loss_for_faces(data):
+    x, y = data
+    model = face_model().eval()
+    torch.testing.assert_close(default_loss(model, x, y), F.cross_entropy(model(x, y), y))
+    generic = linear_model()
+    torch.testing.assert_close(default_loss(generic, x, y), F.cross_entropy(generic(x), y))
