@@ -26,6 +26,7 @@ import torch.distributed as dist
 from facepoison.cli.common import EXIT_FAILED, EXIT_OK, add_common, progress_bars, run_command
 from facepoison.config import parse_eps
 from facepoison.errors import UsageError
+from facepoison.objectives import OBJECTIVES
 from facepoison.protect import (
     DEFAULT_SURROGATE,
     DONE,
@@ -40,7 +41,7 @@ from facepoison.protect import (
     protect_photos,
     read_manifest,
 )
-from facepoison.runtime import init_distributed
+from facepoison.runtime import check_writable, init_distributed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     gps.add_argument("--strip-gps", dest="keep_gps", action="store_false", help="drop GPS metadata (default)")
     gps.add_argument("--keep-gps", dest="keep_gps", action="store_true", help="keep GPS metadata")
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels (default 20)")
+    default = ProtectSettings().objective
+    p.add_argument("--objective", default=default,
+                   help=f"crafting objective (default {default}; see docs/results/faces_objectives.md): "
+                   f"{', '.join(n for n in OBJECTIVES.names() if n not in ('random', 'tensorclog'))}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="redo photos already finished in OUT_DIR")
     p.add_argument("--report", action="store_true", help="also write OUT_DIR/contact_sheet.png (before/after)")
@@ -78,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
     settings = ProtectSettings.from_strength(
         args.strength, eps=parse_eps(args.eps) if args.eps is not None else None, steps=args.steps,
         identities=args.identities, batch_size=args.batch_size, force_png=args.format == "png", no_face=args.no_face,
-        keep_gps=args.keep_gps, min_face_size=args.min_face_size, seed=args.seed)
+        keep_gps=args.keep_gps, min_face_size=args.min_face_size, seed=args.seed, objective=args.objective)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    check_writable(out)
     items = collect(args.inputs, out)
     rank, world, device = init_distributed(args.device)
     surrogate = Surrogate(Path(args.surrogate) if args.surrogate else DEFAULT_SURROGATE, device)

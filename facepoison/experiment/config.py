@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from facepoison.config import ModelConfig
+from facepoison.config import MinMinOptions, ModelConfig
 from facepoison.crafter import CrafterConfig
 from facepoison.errors import UsageError
 from facepoison.protect.surrogate import IDENTITY_MODES
@@ -98,7 +98,12 @@ class ExperimentConfig:
         craft: crafting settings shared by every poison run (ε comes from the run).
         craft_batch_size: faces per crafting batch and store chunk.
         target_fraction: fraction of the release set that estimates the target gradient.
+        min_min: the min-min loop of the error-minimizing objectives.
         poisons: the poisoned sets.
+        victim_seeds: one victim per seed for every set; the report gives the mean and the spread.
+        eval_every: evaluate each victim's held-out top-1 every this many epochs (and after the last) and keep
+            its best epoch too (what a scraper with a validation set keeps); 0: the last epoch only.
+        quality_faces: poisoned faces whose SSIM, PSNR and CIEDE2000 are measured per set.
         protect: the protect path.
         lfw, lfw_pairs, bins: optional extra verification benchmarks.
         figure_faces: rows of the figure of clean and poisoned faces.
@@ -121,7 +126,11 @@ class ExperimentConfig:
     craft: CrafterConfig = field(default_factory=CrafterConfig)
     craft_batch_size: int = 64
     target_fraction: float = 0.1
+    min_min: MinMinOptions = field(default_factory=MinMinOptions)
     poisons: tuple[PoisonRun, ...] = ()
+    victim_seeds: tuple[int, ...] = (0,)
+    eval_every: int = 0
+    quality_faces: int = 256
     protect: ProtectStage = field(default_factory=ProtectStage)
     lfw: str | None = None
     lfw_pairs: str | None = None
@@ -147,6 +156,14 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
     if not cfg.poisons and not cfg.protect.enabled:
         raise UsageError("the config lists no poison runs (key poisons) and disables the protect path")
     modes = protect_modes(cfg.protect)
+    if not cfg.victim_seeds or len(set(cfg.victim_seeds)) != len(cfg.victim_seeds):
+        raise UsageError(f"victim_seeds must list distinct seeds, got {list(cfg.victim_seeds)}")
+    if cfg.eval_every < 0:
+        raise UsageError(f"eval_every must be >= 0, got {cfg.eval_every}")
+    from facepoison.objectives import OBJECTIVES
+
+    for run in cfg.poisons:
+        OBJECTIVES.get(run.objective)  # an unknown objective fails before any stage, listing the valid ones
     used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
     missing = sorted(used - set(cfg.surrogates))
     if missing:

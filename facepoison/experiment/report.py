@@ -11,6 +11,7 @@ import numpy as np
 
 from eval.report import accuracy_table, detail_table
 from facepoison.experiment.config import ExperimentConfig
+from facepoison.experiment.summary import aggregate, face_goals, objectives_table
 from recognition.atomic import atomic_path, atomic_write
 
 PAPER_TOP1 = {"clean": 91.0, 8.0: 85.5, 16.0: 61.5}
@@ -120,7 +121,11 @@ def write_report(result: dict, cfg: ExperimentConfig, config_path: Path, roc: Pa
     stem = config_path.stem
     report_dir = Path(cfg.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    models = result["models"]
+    # Tables 6 and 7 and the first goals: the first seed's victims at their last epoch, under their set's label
+    first_seed = (result.get("victim_seeds") or [0])[0]
+    models = [{**m, "label": m["run"].get("base_label", m["label"])} for m in result["models"]
+              if m["run"].get("epoch", "last") == "last" and m["run"].get("seed", first_seed) == first_seed]
+    rows = aggregate(result["models"])
     clean = next(m for m in models if m["label"] == "clean")
     # Table 6: clean, the ResNet-18 poisons and baselines, the protect path; Table 7: surrogates at 8/255
     t6 = [m for m in models if not (m.get("run", {}).get("objective") == "alignment"
@@ -155,7 +160,22 @@ Release set (victims and surrogates train on it): {rel['faces']} faces of {rel['
 CFP verification on protocol folds {', '.join(map(str, result['cfp_eval_folds']))} (no release identity in them).
 {cfg.notes.strip()}
 
-## Table 6 layout: victims trained on each set (accuracy %, change from clean in points)
+## Every set over victim seeds {', '.join(map(str, result.get('victim_seeds', [0])))}, at the last and the best epoch
+
+Accuracy in %, mean [min–max] over the victim seeds, change of the mean from clean in points. "best" is the
+epoch with the highest held-out top-1 (evaluated every {result.get('eval_every') or '–'} epochs): what a scraper
+who keeps the best model on a validation set gets, so it is the protection's worst case. Steps, crafting seconds
+per 1,000 faces, and the mean SSIM, PSNR and CIEDE2000 colour difference of the poisoned faces against the clean
+ones ({cfg.quality_faces} faces) are beside each set; the victims' training accuracy (on their own training set)
+and final training loss show how well they fit.
+
+{objectives_table(rows, result.get('poison_sets', {}))}
+
+## Face-efficacy goals (mean over victim seeds, best epoch)
+
+{chr(10).join('- ' + g for g in face_goals(rows))}
+
+## Table 6 layout: victims trained on each set, first seed, last epoch (accuracy %, change from clean in points)
 
 {accuracy_table(t6)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -11,12 +12,26 @@ from typing import Any
 
 from facepoison.config import to_dict
 from facepoison.errors import UsageError
-from facepoison.evaluation import FaceEvaluation, evaluate_faces
+from facepoison.evaluation import FaceEvaluation, evaluate_faces, identify
 from facepoison.experiment.config import ExperimentConfig, PoisonRun, check_config
 from facepoison.experiment.report import poisoned_faces_figure, write_report
 from facepoison.experiment.stages import Stages, key
 from facepoison.provenance import code_revision
 from facepoison.runtime import ProgressFactory, no_progress
+from facepoison.training import EpochEval
+from recognition.embed import embed_dataset
+from recognition.faceset import FaceSet
+
+
+def heldout_top1(ident: FaceSet, device) -> EpochEval:
+    """The epoch evaluation of victims: held-out kNN identification top-1 (the score) and top-5."""
+
+    def evaluate(model, epoch: int) -> dict[str, float]:
+        emb = embed_dataset(model, ident, batch_size=128, device=device)
+        res = identify(emb, ident.labels.numpy())
+        return {"score": res["top1"], "top1": res["top1"], "top5": res["top5"]}
+
+    return evaluate
 
 
 def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str], None] = lambda m: None,
@@ -48,24 +63,38 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     for run in cfg.poisons:
         sur = surrogates.get(run.surrogate) if run.objective != "random" else None
         stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
-    victim_key = key(to_dict(cfg.victim), to_dict(cfg.victim_train), ids_key)
+    ident = FaceSet(celeba).restrict(split.celeba_heldout)
     victims: list[tuple[str, Path, dict]] = []
-    clean = st.root / "victims" / f"clean-{victim_key}.pt"
-    victims.append(("clean", st.train("victim clean", cfg.victim, cfg.victim_train, split.release, clean),
-                    {"kind": "clean"}))
+
+    def train_victims(name: str, label: str, info: dict, data, folder: Path, poisons: Path | None = None,
+                      stem: str | None = None) -> None:
+        """One victim per seed of the set ``name`` (and its best epoch when ``eval_every``), added to ``victims``."""
+        for seed in cfg.victim_seeds:
+            train = dataclasses.replace(cfg.victim_train, seed=seed)
+            vkey = key(to_dict(cfg.victim), to_dict(train), ids_key, *([cfg.eval_every] if cfg.eval_every else []))
+            tag = f" · seed {seed}" if len(cfg.victim_seeds) > 1 else ""
+            stem_ = stem or name
+            out = folder / (f"{stem_}-{vkey}.pt" if poisons is None else f"{stem_}-{key(vkey, poisons.name)}.pt")
+            st.train(f"victim {name}{tag}", cfg.victim, train, data, out, poisons=poisons,
+                     epoch_eval=heldout_top1(ident, st.device) if cfg.eval_every else None, eval_every=cfg.eval_every)
+            base = {**info, "set": name, "base_label": label, "seed": seed}
+            victims.append((label + tag, out, {**base, "epoch": "last"}))
+            if cfg.eval_every:
+                best = out.with_name(out.stem + ".best.pt")
+                victims.append((label + tag + " · best", best, {**base, "epoch": "best"}))
+
+    train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims")
     for name, (run, store) in stores.items():
-        out = st.root / "victims" / f"{name}-{key(victim_key, store.name)}.pt"
-        victims.append((run.label, st.train(f"victim {name}", cfg.victim, cfg.victim_train, split.release, out,
-                                            poisons=store), {"kind": "poison", **dataclasses.asdict(run)}))
+        train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
+                      st.root / "victims", poisons=store)
     for mode in modes:
         suffix = f" ({mode})" if len(modes) > 1 else ""
         folder, faces = st.protect(split, mode, suffix)
-        out = folder / f"victim-{victim_key}.pt"
         notes = ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
             ([f"{mode} identities"] if len(modes) > 1 else [])
         label = "protect" + (f" ({', '.join(notes)})" if notes else "")
-        victims.append((label, st.train(f"victim protect{suffix}", cfg.victim, cfg.victim_train, faces, out),
-                        {"kind": "protect", "identities": mode, "faces": len(faces)}))
+        train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces)}, faces,
+                      folder, stem="victim")
     # 6. evaluation
     eval_dir = st.root / "eval"
     t0 = time.perf_counter()
@@ -77,8 +106,16 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         title=f"Face experiment {cfg.name}: victims", device=None if cfg.device == "auto" else cfg.device,
         command=f"facepoison experiment {config_path} (evaluation stage)"), progress=progress)
     st.timings["evaluate"] = round(time.perf_counter() - t0, 1)
-    for (_, _, info), rep in zip(victims, evaluation["models"], strict=True):
+    for (_, path, info), rep in zip(victims, evaluation["models"], strict=True):
         rep["run"] = info
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        rep["train"] = {k: meta.get(k) for k in ("train_accuracy", "final_loss", "best_epoch", "epoch_evals")}
+    poison_sets = {}
+    for name, (run, store) in stores.items():
+        seconds = st.timings.get(f"craft {name}")
+        poison_sets[name] = {**st.quality(store, split.release),
+                             "steps": cfg.craft.steps if run.objective != "random" else 0,
+                             "s_per_1k": None if seconds is None else 1000 * seconds / len(split.release)}
     figure = poisoned_faces_figure(split.release, stores, cfg, st.root / "poisoned_faces.png")
     result = {
         "config": to_dict(cfg), "config_file": str(config_path), "models": evaluation["models"],
@@ -88,6 +125,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
                                                         "cfp_identities": len(split.cfp_release)},
         "heldout": {"identities": len(split.celeba_heldout), "faces": len(split.heldout)},
         "cfp_eval_folds": split.eval_folds, "timings_s": st.timings, "stages_run": st.ran,
+        "poison_sets": poison_sets, "victim_seeds": list(cfg.victim_seeds), "eval_every": cfg.eval_every,
         "total_wall_s_this_invocation": round(time.perf_counter() - start, 1),
         "machine": evaluation["machine"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "code_revision": code_revision(), "command": f"facepoison experiment {config_path}",

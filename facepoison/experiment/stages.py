@@ -136,7 +136,7 @@ class Stages:
         cfg = CraftCommandConfig(data=DataConfig(root=data_key), craft=craft_cfg, objective=run.objective,
                                  surrogate=str(surrogate) if surrogate else "",
                                  target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,
-                                 device=self.cfg.device)
+                                 min_min=self.cfg.min_min, device=self.cfg.device)
         out = self.root / "poisons" / f"{run.name}-{key(to_dict(cfg), str(surrogate))}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -198,3 +198,33 @@ class Stages:
         names = {"celeba": split.celeba_release, "cfp": split.cfp_release}
         parts = {part: fs.restrict([n for n in names[part] if n in set(fs.identities)]) for part, fs in faces.items()}
         return folder, FaceSet.concat(parts)
+
+    # quality of the poisoned faces ----------------------------------------------------------------------
+    def quality(self, store: Path, data) -> dict[str, float]:
+        """Mean SSIM, PSNR (dB) and CIEDE2000 colour difference of ``quality_faces`` evenly spaced poisoned faces
+        against their clean versions (cached beside the store)."""
+        path = store.with_name(store.name + ".quality.json")
+        if path.is_file():
+            return json.loads(path.read_text())
+        import numpy as np
+        from skimage.color import deltaE_ciede2000, rgb2lab
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+        from facepoison.store import load_store
+
+        poisons = load_store(store)
+        row = {int(i): k for k, i in enumerate(poisons.ids)}
+        picks = np.linspace(0, len(data) - 1, min(self.cfg.quality_faces, len(data))).astype(int)
+        ssim, psnr, de = [], [], []
+        for i in picks:
+            clean = data[int(i)][0].numpy().transpose(1, 2, 0)
+            k = row.get(int(data.ids[int(i)]))
+            delta = 0 if k is None else poisons.delta[k].numpy().transpose(1, 2, 0)
+            poisoned = np.clip(clean.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+            ssim.append(structural_similarity(clean, poisoned, data_range=255, channel_axis=2))
+            psnr.append(min(100.0, peak_signal_noise_ratio(clean, poisoned, data_range=255)))
+            de.append(float(deltaE_ciede2000(rgb2lab(clean), rgb2lab(poisoned)).mean()))
+        result = {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr)), "ciede2000": float(np.mean(de)),
+                  "faces": len(picks)}
+        atomic_write(path, json.dumps(result))
+        return result

@@ -30,6 +30,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facepoison.errors import UsageError
+from facepoison.objectives import OBJECTIVES, create_objective
 from facepoison.protect.surrogate import DEFAULT_SURROGATE, IDENTITY_MODES, Surrogate, imprint_centers
 from facepoison.runtime import resolve_device
 from recognition.align import align_face, paste_back
@@ -78,6 +79,9 @@ class ProtectSettings:
             raise UsageError("steps and batch size must be >= 1")
         if not (0 < self.eps <= 255):
             raise UsageError(f"eps must be in (0, 255] in /255 units, got {self.eps:g}")
+        if self.objective not in OBJECTIVES or self.objective in ("random", "tensorclog"):
+            valid = [n for n in OBJECTIVES.names() if n not in ("random", "tensorclog")]
+            raise UsageError(f"unknown protect objective {self.objective!r}; valid: {', '.join(valid)}")
 
     @classmethod
     def from_strength(cls, strength: str = "mid", eps: float | None = None, steps: int | None = None,
@@ -249,8 +253,7 @@ class Protector:
             offsets[i], k = k, k + len(scans[i].faces)
         queue = [(i, j) for i in with_faces if wanted[i] for j in range(len(scans[i].faces))]
         deltas: dict[int, list[np.ndarray]] = {}
-        for start in range(0, len(queue), s.batch_size):
-            batch = queue[start : start + s.batch_size]
+        for batch in self._batches(queue, labels, offsets):
             t0 = time.perf_counter()
             faces = np.stack([scans[i].faces[j] for i, j in batch])
             face_labels = labels[[offsets[i] + j for i, j in batch]]
@@ -265,6 +268,19 @@ class Protector:
                 deltas.setdefault(i, []).append(d)
                 if len(deltas[i]) == len(scans[i].faces):
                     yield i, deltas.pop(i)
+
+    def _batches(self, queue: list[tuple[int, int]], labels: np.ndarray, offsets: dict[int, int]
+                 ) -> Iterator[list[tuple[int, int]]]:
+        """Faces crafted together: runs of ``batch_size`` in order, or, for identity-wise objectives, every face of
+        one identity together (its one pattern is crafted from all of them)."""
+        if not create_objective(self.settings.objective).classwise:
+            for start in range(0, len(queue), self.settings.batch_size):
+                yield queue[start : start + self.settings.batch_size]
+            return
+        by_label: dict[int, list[tuple[int, int]]] = {}
+        for i, j in queue:
+            by_label.setdefault(int(labels[offsets[i] + j]), []).append((i, j))
+        yield from by_label.values()
 
     def apply(self, rgb: np.ndarray, scan: FaceScan, deltas: Sequence[np.ndarray], gray: bool = False) -> np.ndarray:
         """The protected ``(H, W, 3)`` uint8 pixels: every face's delta warped back, summed, clipped to ±ε, rounded.

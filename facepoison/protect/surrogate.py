@@ -75,7 +75,7 @@ class Surrogate:
         obj = create_objective(objective, independent=True)
         if obj.dataset_level:  # error-minimizing noise on the fixed surrogate (identity-wise: one pattern per label)
             config = MinMinConfig(eps=eps, noise_steps=steps, train_steps=0, max_rounds=1, classwise=obj.classwise,
-                                  batch_size=len(x), seed=seed)
+                                  batch_size=min(len(x), 32), seed=seed)
             delta = craft_error_minimizing(model, x, y.cpu(), len(self.base_weight) + len(centers), config,
                                            device=self.device, in_place=True).delta
         else:
