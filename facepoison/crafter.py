@@ -41,6 +41,8 @@ class CrafterConfig:
         regularizers: name → weight, names from ``l2``, ``ssim``, ``tv``.
         independent: detach ‖g‖ in the alignment loss, so each image or shard is crafted on its own.
         seed: base seed; chunk k draws its randomness from a generator seeded by (seed, k).
+        chroma: the colour part of Δ kept at every projection, in [0, 1] (1: unconstrained; 0: grey only);
+            see :func:`facepoison.losses.limit_chroma`.
     """
 
     eps: float = 8.0
@@ -54,10 +56,13 @@ class CrafterConfig:
     regularizers: Mapping[str, float] = field(default_factory=dict)
     independent: bool = False
     seed: int = 0
+    chroma: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0 < self.eps <= 255):
             raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
+        if not (0.0 <= self.chroma <= 1.0):
+            raise ValueError(f"chroma must be in [0, 1], got {self.chroma:g}")
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={self.steps}, restarts={self.restarts}")
         for name in self.regularizers:
@@ -157,6 +162,7 @@ class PoisonCrafter:
         self.logits_fn: LogitsFn = logits_fn or objective_logits_fn(objective, model)
         self.params = objective.parameters(model)
         self.device = torch.device(device) if device is not None else self.params[0].device
+        self.chroma = config.chroma
         self.augmentation: Augmentation = create_augmentation(config.augment, **config._augment_kwargs())
         self.regularizers: list[tuple[Callable[[Tensor, Tensor], Tensor], float]] = [
             (REGULARIZERS.get(name), float(w)) for name, w in config.regularizers.items() if w != 0
@@ -216,9 +222,9 @@ class PoisonCrafter:
         cfg, eps = self.config, self.config.eps_unit
         if not self.objective.optimizes:
             signs = torch.randint(0, 2, images.shape, generator=generator).to(images) * 2 - 1
-            return project(signs * eps, images, eps)
+            return project(signs * eps, images, eps, self.chroma)
         start = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images) * eps
-        delta = project(start, images, eps).requires_grad_(True)
+        delta = project(start, images, eps, self.chroma).requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=cfg.step_size * eps)
         milestones = sorted({max(1, int(round(f * cfg.steps))) for f in cfg.milestones})
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
@@ -230,7 +236,7 @@ class PoisonCrafter:
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                delta.copy_(project(delta, images, eps))
+                delta.copy_(project(delta, images, eps, self.chroma))
         return delta.detach()
 
 

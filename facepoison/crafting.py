@@ -152,7 +152,7 @@ def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet,
     config = MinMinConfig(eps=cfg.craft.eps, noise_steps=mm.noise_steps, step_size=mm.step_size,
                           train_steps=mm.train_steps, lr=mm.lr, batch_size=cfg.batch_size, max_rounds=mm.max_rounds,
                           stop_accuracy=mm.stop_accuracy, classwise=objective.classwise, augment=cfg.craft.augment,
-                          max_shift=cfg.craft.max_shift, seed=cfg.craft.seed)
+                          max_shift=cfg.craft.max_shift, seed=cfg.craft.seed, chroma=cfg.craft.chroma)
     bar = progress(mm.max_rounds, "min-min", "round")
     t0 = time.perf_counter()
     result = craft_error_minimizing(

@@ -136,15 +136,36 @@ def alignment_loss(target: Tensor, grad: Tensor, independent: bool = False) -> T
     return 1.0 - torch.dot(target, grad) / denom
 
 
-def project(delta: Tensor, images: Tensor, eps: float) -> Tensor:
-    """Project perturbations onto the ε-ball (L∞) ∩ {δ : images + δ ∈ [0, 1]}.
+def limit_chroma(delta: Tensor, chroma: float) -> Tensor:
+    """Scale the colour part of RGB perturbations: δ_c ← m + chroma·(δ_c − m), m the mean of δ over the channels.
+
+    ``chroma`` 1 leaves δ as it is; 0 keeps only its grey (luminance) part, which shows as fine grain rather
+    than green and magenta blotches on smooth skin. Tensors with other than 3 channels are returned as given.
+
+    Shape: ``(N, 3, H, W)`` → same.
+
+    Example:
+        >>> d = torch.tensor([[[[0.03]], [[-0.03]], [[0.0]]]])
+        >>> limit_chroma(d, 0.0).flatten().tolist()
+        [0.0, 0.0, 0.0]
+    """
+    if chroma >= 1.0 or delta.ndim != 4 or delta.shape[1] != 3:
+        return delta
+    grey = delta.mean(dim=1, keepdim=True)
+    return grey + chroma * (delta - grey)
+
+
+def project(delta: Tensor, images: Tensor, eps: float, chroma: float = 1.0) -> Tensor:
+    """Project perturbations onto the ε-ball (L∞) ∩ {δ : images + δ ∈ [0, 1]}, after limiting their colour part
+    (:func:`limit_chroma`) when ``chroma`` < 1.
 
     Args:
         delta: perturbations, same shape as ``images``.
         images: clean images in [0, 1].
         eps: radius in [0, 1] pixel units.
+        chroma: the colour part kept, in [0, 1].
     """
-    delta = delta.clamp(-eps, eps)
+    delta = limit_chroma(delta, chroma).clamp(-eps, eps)
     return (images + delta).clamp(0.0, 1.0) - images
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, create_augmentation
-from facepoison.losses import project, trainable_parameters
+from facepoison.losses import limit_chroma, project, trainable_parameters
 from facepoison.objectives import model_logits_fn
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class MinMinConfig:
         augment: augmentation name (``shift_flip``, ``flip``, ``none``), used for noise and surrogate steps.
         max_shift: largest shift of ``shift_flip``; < 1 is a fraction of the image width.
         seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
+        chroma: the colour part of the noise kept after every step, in [0, 1] (see
+            :func:`facepoison.losses.limit_chroma`).
     """
 
     eps: float = 8.0
@@ -74,6 +76,7 @@ class MinMinConfig:
     augment: str = "shift_flip"
     max_shift: float = 0.125
     seed: int = 0
+    chroma: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0 < self.eps <= 255):
@@ -241,7 +244,7 @@ class _MinMin:
             loss = self.loss_fn(self.model, self.augment((images + delta).clamp(0.0, 1.0)), labels)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                delta = project(delta - self.alpha * grad.sign(), images, self.eps)
+                delta = project(delta - self.alpha * grad.sign(), images, self.eps, self.config.chroma)
         self.delta[idx] = delta.detach().to(self.delta.device)
         return loss.item()
 
@@ -252,7 +255,8 @@ class _MinMin:
             # the gradient w.r.t. Δ_k sums those of the batch's images of class k; classes absent get 0 (no step)
             (grad,) = torch.autograd.grad(loss, pattern)
             with torch.no_grad():
-                self.class_delta = (pattern - self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+                step = limit_chroma(pattern - self.alpha * grad.sign(), self.config.chroma)
+                self.class_delta = step.clamp(-self.eps, self.eps)
         return loss.item()
 
     @torch.no_grad()

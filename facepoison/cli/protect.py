@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default=default,
                    help=f"crafting objective (default {default}; see docs/results/faces_objectives.md): "
                    f"{', '.join(n for n in OBJECTIVES.names() if n not in ('random', 'tensorclog'))}")
+    p.add_argument("--chroma", type=float, default=ProtectSettings().chroma,
+                   help="colour part of the perturbation kept, 0..1 (default %(default)s; lower: fewer coloured "
+                   "blotches on skin, at some cost in protection)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="redo photos already finished in OUT_DIR")
     p.add_argument("--report", action="store_true", help="also write OUT_DIR/contact_sheet.png (before/after)")
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ProtectSettings.from_strength(
         args.strength, eps=parse_eps(args.eps) if args.eps is not None else None, steps=args.steps,
         identities=args.identities, batch_size=args.batch_size, force_png=args.format == "png", no_face=args.no_face,
-        keep_gps=args.keep_gps, min_face_size=args.min_face_size, seed=args.seed, objective=args.objective)
+        keep_gps=args.keep_gps, min_face_size=args.min_face_size, seed=args.seed, objective=args.objective,
+        chroma=args.chroma)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")

@@ -44,23 +44,27 @@ class ExperimentData:
 
 @dataclass(frozen=True)
 class PoisonRun:
-    """One poisoned release set: an objective at an ε (/255) against one of the named surrogates."""
+    """One poisoned release set: an objective at an ε (/255) against one of the named surrogates, optionally
+    with its own chroma limit (``craft.chroma`` otherwise)."""
 
     objective: str = "alignment"
     eps: float = 8.0
     surrogate: str = "resnet18"
+    chroma: float | None = None
 
     @property
     def name(self) -> str:
         """File-name-safe key, e.g. ``alignment_resnet18_eps8``."""
         sur = "" if self.objective == "random" else f"_{self.surrogate}"
-        return f"{self.objective}{sur}_eps{self.eps:g}"
+        chroma = "" if self.chroma is None else f"_chroma{self.chroma:g}"
+        return f"{self.objective}{sur}_eps{self.eps:g}{chroma}"
 
     @property
     def label(self) -> str:
         """Report label, e.g. ``alignment 8/255 (R18)``."""
         sur = "" if self.objective == "random" else f" ({self.surrogate.replace('resnet', 'R')})"
-        return f"{self.objective} {self.eps:g}/255{sur}"
+        chroma = "" if self.chroma is None else f", chroma {self.chroma:g}"
+        return f"{self.objective} {self.eps:g}/255{sur}{chroma}"
 
 
 @dataclass(frozen=True)

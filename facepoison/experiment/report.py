@@ -19,12 +19,18 @@ PAPER_R50_TOP1_8 = 79.5
 
 
 def poisoned_faces_figure(release, stores: dict, cfg: ExperimentConfig, path: Path) -> Path | None:
-    """Clean release faces and their alignment-poisoned versions (lowest two ε of the first surrogate)."""
+    """Clean release faces and their poisoned versions: alignment at its lowest two ε (first surrogate), then each
+    other objective at its lowest ε (up to five columns of poisons)."""
     from facepoison.store import load_store
 
     runs = sorted((r for r, _ in stores.values() if r.objective == "alignment"), key=lambda r: r.eps)
     first = runs[0].surrogate if runs else None
     runs = [r for r in runs if r.surrogate == first][:2]
+    for r in sorted((r for r, _ in stores.values() if r.objective not in ("alignment", "random")),
+                    key=lambda r: r.eps):
+        if all(r.objective != o.objective or r.chroma != o.chroma for o in runs):
+            runs.append(r)
+    runs = runs[:5]
     if not runs:
         return None
     import matplotlib
@@ -45,7 +51,7 @@ def poisoned_faces_figure(release, stores: dict, cfg: ExperimentConfig, path: Pa
             where = np.flatnonzero(ps.ids == int(release.ids[i]))
             delta = ps.delta[int(where[0])].numpy() if len(where) else 0
             ax.imshow(np.clip(image + delta, 0, 255).astype(np.uint8).transpose(1, 2, 0))
-            ax.set_title(f"{r.eps:g}/255", fontsize=8)
+            ax.set_title(f"{r.objective} {r.eps:g}/255" + ("" if r.chroma is None else f" c{r.chroma:g}"), fontsize=6)
         for ax in row:
             ax.axis("off")
     fig.tight_layout()

@@ -132,7 +132,8 @@ class Stages:
     # 4. crafting ---------------------------------------------------------------------------------------
     def craft(self, run: PoisonRun, surrogate: Path | None, data, data_key: str) -> Path:
         """The poison store of ``run`` over ``data`` (random noise needs no surrogate)."""
-        craft_cfg = dataclasses.replace(self.cfg.craft, eps=float(run.eps))
+        craft_cfg = dataclasses.replace(self.cfg.craft, eps=float(run.eps),
+                                        **({} if run.chroma is None else {"chroma": float(run.chroma)}))
         cfg = CraftCommandConfig(data=DataConfig(root=data_key), craft=craft_cfg, objective=run.objective,
                                  surrogate=str(surrogate) if surrogate else "",
                                  target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,

@@ -58,6 +58,8 @@ class ProtectSettings:
         jpeg_quality: quality of JPEG outputs (files only).
         seed: base seed of the crafting randomness.
         objective: the crafting objective (see :mod:`facepoison.objectives`).
+        chroma: the colour part of the perturbation kept, in [0, 1]; lower values trade protection for fewer
+            coloured blotches on smooth skin (see :func:`facepoison.losses.limit_chroma`).
     """
 
     eps: float = 8.0
@@ -71,6 +73,7 @@ class ProtectSettings:
     jpeg_quality: int = 95
     seed: int = 0
     objective: str = "alignment"
+    chroma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.identities not in IDENTITY_MODES:
@@ -79,6 +82,8 @@ class ProtectSettings:
             raise UsageError("steps and batch size must be >= 1")
         if not (0 < self.eps <= 255):
             raise UsageError(f"eps must be in (0, 255] in /255 units, got {self.eps:g}")
+        if not (0.0 <= self.chroma <= 1.0):
+            raise UsageError(f"chroma must be in [0, 1], got {self.chroma:g}")
         if self.objective not in OBJECTIVES or self.objective in ("random", "tensorclog"):
             valid = [n for n in OBJECTIVES.names() if n not in ("random", "tensorclog")]
             raise UsageError(f"unknown protect objective {self.objective!r}; valid: {', '.join(valid)}")
@@ -261,7 +266,7 @@ class Protector:
             remap = {int(u): n for n, u in enumerate(used)}
             seed = zlib.crc32(f"{s.seed}|{keys[batch[0][0]]}|{batch[0][1]}".encode())
             out = self.surrogate.craft(faces, centers[used], np.array([remap[int(v)] for v in face_labels]),
-                                       s.eps, s.steps, seed, objective=s.objective)
+                                       s.eps, s.steps, seed, objective=s.objective, chroma=s.chroma)
             share = (time.perf_counter() - t0) / len(batch)
             for (i, _), d in zip(batch, out, strict=True):
                 scans[i].seconds += share

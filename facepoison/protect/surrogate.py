@@ -62,7 +62,7 @@ class Surrogate:
         return FaceRecognizer(self.model.backbone, head).eval()
 
     def craft(self, faces: np.ndarray, centers: np.ndarray, labels: np.ndarray, eps: float, steps: int,
-              seed: int, objective: str = "alignment") -> np.ndarray:
+              seed: int, objective: str = "alignment", chroma: float = 1.0) -> np.ndarray:
         """Perturbations of faces labelled by imprinted centers, in pixel units.
 
         Shapes: faces ``(N, 112, 112, 3)`` uint8, centers ``(U, D)``, labels ``(N,)`` in ``[0, U)`` →
@@ -75,13 +75,13 @@ class Surrogate:
         obj = create_objective(objective, independent=True)
         if obj.dataset_level:  # error-minimizing noise on the fixed surrogate (identity-wise: one pattern per label)
             config = MinMinConfig(eps=eps, noise_steps=steps, train_steps=0, max_rounds=1, classwise=obj.classwise,
-                                  batch_size=min(len(x), 32), seed=seed)
+                                  batch_size=min(len(x), 32), seed=seed, chroma=chroma)
             delta = craft_error_minimizing(model, x, y.cpu(), len(self.base_weight) + len(centers), config,
                                            device=self.device, in_place=True).delta
         else:
             obj.prepare(model, [(x, y)], device=self.device)  # the target gradient of this batch's clean faces
-            crafter = PoisonCrafter(model, obj, CrafterConfig(eps=eps, steps=steps, restarts=1, independent=True,
-                                                              seed=seed), device=self.device)
+            config = CrafterConfig(eps=eps, steps=steps, restarts=1, independent=True, seed=seed, chroma=chroma)
+            crafter = PoisonCrafter(model, obj, config, device=self.device)
             delta = crafter(x, y, torch.Generator().manual_seed(seed)).delta
         return (delta * 255).permute(0, 2, 3, 1).cpu().numpy()
 
