@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, create_augmentation
 from facepoison.losses import LogitsFn, project, quantize_delta
-from facepoison.objectives import REGULARIZERS, Objective, objective_logits_fn
+from facepoison.objectives import Objective, objective_logits_fn
+from facepoison.regularizers import REGULARIZERS
 
 log = logging.getLogger(__name__)
 

@@ -45,12 +45,11 @@ from facepoison.losses import (
     flat_grad,
     per_sample_cross_entropy,
     permuted_labels,
-    ssim,
     target_gradient,
-    total_variation,
     trainable_parameters,
 )
 from facepoison.registry import Registry
+from facepoison.regularizers import REGULARIZERS  # noqa: F401  (re-exported: the crafter's registries)
 from recognition.heads import CosFaceHead
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -397,25 +396,3 @@ def create_objective(name: str, target: Tensor | None = None, independent: bool 
         ValueError: unknown name (the message lists the valid ones).
     """
     return OBJECTIVES.get(name)(target=target, independent=independent, **options)
-
-
-# Regularizers: per-image penalties of (clean images, perturbation), averaged over the batch by the crafter.
-REGULARIZERS: Registry = Registry("regularizer")
-
-
-@REGULARIZERS.register("l2")
-def l2_penalty(images: Tensor, delta: Tensor) -> Tensor:
-    """Mean squared perturbation per image."""
-    return delta.pow(2).flatten(1).mean(1)
-
-
-@REGULARIZERS.register("ssim")
-def ssim_penalty(images: Tensor, delta: Tensor) -> Tensor:
-    """1 - SSIM(x, x + Δ) per image."""
-    return 1.0 - ssim(images, images + delta)
-
-
-@REGULARIZERS.register("tv")
-def tv_penalty(images: Tensor, delta: Tensor) -> Tensor:
-    """Total variation of the perturbation per image."""
-    return total_variation(delta)
