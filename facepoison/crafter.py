@@ -132,11 +132,11 @@ class PoisonCrafter:
     Shapes: images ``(N, C, H, W)`` float in [0, 1], labels ``(N,)`` long.
 
     Example:
-        >>> objective = create_objective("alignment")
-        >>> objective.prepare(model, loader)  # the target gradient T from clean batches
-        >>> crafter = PoisonCrafter(model, objective, CrafterConfig(eps=8, steps=50))
-        >>> result = crafter(images, labels, generator=torch.Generator().manual_seed(0))
-        >>> poisoned = images + result.delta
+        >>> objective = create_objective("alignment")  # doctest: +SKIP
+        >>> objective.prepare(model, loader)  # the target gradient T from clean batches  # doctest: +SKIP
+        >>> crafter = PoisonCrafter(model, objective, CrafterConfig(eps=8, steps=50))  # doctest: +SKIP
+        >>> result = crafter(images, labels, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+        >>> poisoned = images + result.delta  # doctest: +SKIP
 
     Args:
         model: the surrogate; put in eval mode while crafting and restored afterwards.
@@ -253,6 +253,7 @@ class CraftedChunk:
 
 
 def num_chunks(n: int, chunk_size: int) -> int:
+    """How many chunks of ``chunk_size`` cover ``n`` samples (the last may be smaller)."""
     return (n + chunk_size - 1) // chunk_size
 
 

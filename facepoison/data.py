@@ -53,13 +53,19 @@ class ImageSet(Dataset):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of every image."""
         return tuple(self.images.shape[1:])
 
     def get_batch(self, positions: range | list[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """The images and labels at ``positions``.
+
+        Shape: ``(B, C, H, W)`` uint8 images and ``(B,)`` long labels.
+        """
         idx = torch.as_tensor(list(positions), dtype=torch.long)
         return self.images[idx], self.labels[idx]
 
     def subset(self, positions: Tensor) -> ImageSet:
+        """The samples at ``positions`` (their ids, paths and the class list kept)."""
         pos = positions.tolist()
         return ImageSet(self.images[positions], self.labels[positions], self.ids[positions],
                         [self.paths[i] for i in pos], self.classes, self.root)

@@ -27,7 +27,14 @@ from eval.verification import pair_scores, verify
 from facepoison.data import load_dataset
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
-from facepoison.runtime import ProgressFactory, load_classifier, machine_name, no_progress, resolve_device
+from facepoison.runtime import (
+    ProgressFactory,
+    check_writable,
+    load_classifier,
+    machine_name,
+    no_progress,
+    resolve_device,
+)
 from facepoison.training import read_identities
 from recognition.atomic import atomic_path, atomic_write
 from recognition.embed import ArrayFaces, embed_dataset
@@ -162,6 +169,10 @@ def evaluate_faces(cfg: FaceEvaluation, progress: ProgressFactory = no_progress)
     check_models(cfg.models)
     if not cfg.models:
         raise UsageError("give at least one --model")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    check_writable(out)
     loaded = []
     for label, path in cfg.models:
         model, _ = load_classifier(path, kind="face")
@@ -176,9 +187,6 @@ def evaluate_faces(cfg: FaceEvaluation, progress: ProgressFactory = no_progress)
             raise UsageError(f"{cfg.ident_split} leaves fewer than 2 identities or faces to identify")
     if not benches and ident is None:
         raise UsageError("nothing to evaluate: give --lfw/--cfp/--bin and/or --ident, or --data for classifiers")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
     cache = FaceCache(cfg.cache or out / "cache")
     device = resolve_device(cfg.device)
     start = time.perf_counter()

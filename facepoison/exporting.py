@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from PIL import Image
 
 from facepoison.data import load_dataset
 from facepoison.errors import UsageError
-from facepoison.runtime import ProgressFactory, no_progress
+from facepoison.runtime import ProgressFactory, check_writable, no_progress
 from facepoison.store import PoisonedDataset, load_store
 from recognition.atomic import atomic_path
 
@@ -36,11 +35,7 @@ def check_export(root: Path, out: Path, overwrite: bool) -> None:
         raise UsageError(f"output {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output folder {out} is not empty; pass --overwrite to write into it")
-    parent = out.resolve()
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write into {out}: {parent} is not writable")
+    check_writable(out)
 
 
 def export_poisoned(data: str | Path, poisons: str | Path, out: str | Path, overwrite: bool = False,
@@ -49,6 +44,16 @@ def export_poisoned(data: str | Path, poisons: str | Path, out: str | Path, over
 
     Data settings (split, image size, subset) are read from the store so the ids line up. Every image is
     checked against the store's bound before it is written.
+
+    Args:
+        data: the image folder the store was crafted on.
+        poisons: the poison store.
+        out: the output folder (absent or empty unless ``overwrite``).
+        overwrite: allow writing into a non-empty ``out``.
+        progress: a progress bar in images.
+
+    Raises:
+        UsageError: see :func:`check_export`; a missing or unfinished store; a store that does not fit the data.
 
     Returns:
         A summary: output, images, poisoned images, largest absolute difference, bound.

@@ -182,6 +182,15 @@ def quantize_delta(delta: Tensor, images_u8: Tensor, eps: float) -> Tensor:
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The normalized 2-D Gaussian window of :func:`ssim`.
+
+    Shape: ``(size, size)``, summing to 1.
+
+    Example:
+        >>> w = gaussian_window(5, 1.0)
+        >>> tuple(w.shape), round(float(w.sum()), 6)
+        ((5, 5), 1.0)
+    """
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()

@@ -132,7 +132,7 @@ def objective_logits_fn(objective: Objective, model: nn.Module) -> LogitsFn:
 
     Example:
         >>> objective = create_objective("alignment_plain")
-        >>> fn = objective_logits_fn(objective, recognizer)  # recognizer.plain_logits
+        >>> fn = objective_logits_fn(objective, recognizer)  # recognizer.plain_logits  # doctest: +SKIP
     """
     return model_logits_fn(model, objective.margin)
 
@@ -174,8 +174,8 @@ class AlignmentObjective(Objective):
 
     Example:
         >>> objective = create_objective("alignment", independent=True)
-        >>> objective.prepare(model, [(images, labels)])  # T from the clean batches
-        >>> loss = objective.loss(model.logits, objective.parameters(model), images + delta, labels)
+        >>> objective.prepare(model, [(images, labels)])  # T from the clean batches  # doctest: +SKIP
+        >>> loss = objective.loss(model.logits, objective.parameters(model), images + delta, labels)  # doctest: +SKIP
 
     Args:
         target: flat target gradient T, e.g. from :func:`facepoison.losses.target_gradient`; kept by

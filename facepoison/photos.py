@@ -113,6 +113,7 @@ def read_photo(path: str | Path, keep_gps: bool = False) -> Photo:
 
 
 def output_format(photo: Photo, force_png: bool) -> str:
+    """The Pillow format a protected photo is saved in: its own, or PNG when forced or for GIFs."""
     if force_png or photo.format == "GIF":  # a palette cannot carry the perturbation: GIF becomes PNG
         return "PNG"
     return photo.format

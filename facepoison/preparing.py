@@ -110,6 +110,21 @@ def prepare_faces(src: str | Path, out: str | Path, settings: PrepareSettings = 
                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
     """Detect, align and store the faces of an identity-labelled photo tree into ``out`` (FACES.h5).
 
+    Input and output are checked before the detector is built; an interrupted run resumes from the journal
+    next to ``out`` (when its settings match).
+
+    Args:
+        src: the photo tree (``<identity>/<image>``, or the CFP layout).
+        out: the face set to write.
+        settings: layout, detection thresholds and JPEG quality.
+        device: where the detector runs (``auto``, ``cpu``, ``cuda``).
+        overwrite: replace an existing ``out`` and discard an interrupted run.
+        progress: a progress bar in photos.
+
+    Raises:
+        UsageError: a missing or empty input, an output that exists, is inside ``src`` or cannot be written,
+            or an interrupted run with other settings.
+
     Returns:
         A summary: output, photo count, face/failure/identity counts, resumed batches, bytes, seconds.
     """

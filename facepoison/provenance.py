@@ -10,6 +10,7 @@ import facepoison
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (read in blocks; surrogates and stores are identified by it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -25,9 +25,13 @@ from recognition.models import create_model
 class ProgressBar(Protocol):
     """What the engine reports progress to: ``update(n, **postfix)`` and ``close()``."""
 
-    def update(self, n: int = 1, **postfix: Any) -> None: ...
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """``n`` more units done; ``postfix`` values (e.g. ``loss="0.123"``) are shown beside the bar."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The task is over (finished or interrupted)."""
+        ...
 
 
 ProgressFactory = Callable[[int, str, str], ProgressBar]
@@ -126,15 +130,46 @@ def load_classifier(path: str | os.PathLike, kind: str | None = None) -> tuple[n
     return model, meta
 
 
-def check_output_file(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool) -> None:
-    """Refuse, in one line, an output file that exists (without ``overwrite``), is a folder, lies inside one of
-    the input folders, or whose folder cannot be written; checked before any work is done.
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, in one line, a file or folder that cannot be created or written at ``path``.
+
+    The nearest existing folder at or above it (``path`` itself when it is a folder) must be a folder and
+    writable; a path under a regular file (``notes.txt/out.h5``) or in a read-only folder is refused before
+    any work is done, rather than failing with an OS error once the results are ready.
 
     Example:
-        >>> check_output_file("/proc/x.h5", [], overwrite=False)
+        >>> check_writable("/dev/null/x.h5")
         Traceback (most recent call last):
         ...
-        facepoison.errors.UsageError: cannot write /proc/x.h5: /proc is not writable
+        facepoison.errors.UsageError: cannot write /dev/null/x.h5: /dev/null is not a folder
+    """
+    target = Path(path).resolve()
+    nearest = target if target.is_dir() else target.parent
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"cannot write {path}: {nearest} is not a folder")
+    if not os.access(nearest, os.W_OK):
+        raise UsageError(f"cannot write {path}: {nearest} is not writable")
+
+
+def check_output_file(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool) -> None:
+    """Refuse, in one line, an output file that exists (without ``overwrite``), is a folder, lies inside one of
+    the input folders, or cannot be written (see :func:`check_writable`); checked before any work is done.
+
+    Args:
+        out: the file to be written.
+        inputs: input files and folders; ``out`` must not lie inside any of the folders.
+        overwrite: allow replacing an existing ``out``.
+
+    Raises:
+        UsageError: one line naming the problem.
+
+    Example:
+        >>> check_output_file("/dev/null/x.h5", [], overwrite=False)
+        Traceback (most recent call last):
+        ...
+        facepoison.errors.UsageError: cannot write /dev/null/x.h5: /dev/null is not a folder
     """
     out = Path(out)
     if out.is_dir():
@@ -146,8 +181,4 @@ def check_output_file(out: str | os.PathLike, inputs: list[str | os.PathLike], o
         real_src = Path(src).resolve()
         if real_src.is_dir() and real_src in real_out.parents:
             raise UsageError(f"{out} must not be inside the input folder {src}")
-    parent = real_out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {out}: {parent} is not writable")
+    check_writable(out)

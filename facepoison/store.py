@@ -37,6 +37,12 @@ FORMAT = "facepoison-poison-store/1"
 
 
 def delta_dtype(bound: int) -> np.dtype:
+    """The smallest integer type that holds perturbations of ``bound`` pixel steps: int8 up to 127, else int16.
+
+    Example:
+        >>> delta_dtype(8), delta_dtype(255)
+        (dtype('int8'), dtype('int16'))
+    """
     return np.dtype(np.int8) if bound <= 127 else np.dtype(np.int16)
 
 
@@ -92,6 +98,7 @@ class StoreWriter:
         self.file.flush()
 
     def close(self) -> None:
+        """Close the part file; its finished chunks stay readable for a later run."""
         self.file.close()
 
 
@@ -103,6 +110,11 @@ def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_part(part: Path, fingerprint: str) -> None:
+    """One-line UsageError unless the part file ``part`` can be read and was made with ``fingerprint``.
+
+    Raises:
+        UsageError: an unreadable part, or one of a run with other settings or data.
+    """
     try:
         with h5py.File(part, "r", libver="latest", swmr=True) as f:
             found = f.attrs.get("fingerprint")
@@ -114,7 +126,11 @@ def check_part(part: Path, fingerprint: str) -> None:
 
 
 def done_chunks(path: Path, fingerprint: str) -> set[int]:
-    """Chunk indices finished by any part file of an interrupted run with the same fingerprint."""
+    """Chunk indices finished by any part file of an interrupted run with the same fingerprint.
+
+    Raises:
+        UsageError: a part file of another run (see :func:`check_part`).
+    """
     done: set[int] = set()
     for part in part_paths(Path(path)):
         check_part(part, fingerprint)
@@ -124,7 +140,14 @@ def done_chunks(path: Path, fingerprint: str) -> set[int]:
 
 
 def merge_parts(path: Path, n_chunks: int) -> None:
-    """Merge all part files into the final store (temporary name, then rename) and remove the parts."""
+    """Merge all part files into the final store (temporary name, then rename) and remove the parts.
+
+    A chunk finished by several parts (a resumed run) is taken from the first. The parts are removed only
+    after the store is in place, so a run killed during the merge merges again.
+
+    Raises:
+        UsageError: no part files, or a chunk that no part finished.
+    """
     path = Path(path)
     parts = part_paths(path)
     if not parts:
@@ -162,7 +185,13 @@ def merge_parts(path: Path, n_chunks: int) -> None:
 
 @dataclass
 class PoisonSet:
-    """A finished store in memory: ids, int16 deltas and attributes."""
+    """A finished store in memory: ids, int16 deltas and attributes.
+
+    Attributes:
+        ids: ``(N,)`` int64 sample ids.
+        delta: ``(N, C, H, W)`` int16 pixel steps.
+        attrs: the store's attributes (``eps``, ``bound``, ``objective``, ``config``, ...).
+    """
 
     ids: np.ndarray
     delta: Tensor
@@ -170,6 +199,7 @@ class PoisonSet:
 
     @property
     def bound(self) -> int:
+        """The largest |delta| in pixel steps, round(ε·255)."""
         return int(self.attrs["bound"])
 
 
@@ -210,6 +240,13 @@ class PoisonedDataset(Dataset):
 
     The base dataset yields ``(uint8 image, label)`` and has an ``ids`` tensor; samples whose id is not in
     the store pass through unchanged.
+
+    Args:
+        base: a dataset of ``(uint8 (C, H, W) image, label)`` with an ``ids`` tensor.
+        poisons: a finished store (:func:`load_store`).
+
+    Raises:
+        UsageError: the store shares no id with ``base``, or its images have another shape.
     """
 
     def __init__(self, base: Dataset, poisons: PoisonSet) -> None:
@@ -225,10 +262,12 @@ class PoisonedDataset(Dataset):
 
     @property
     def ids(self) -> Tensor:
+        """The base dataset's sample ids."""
         return self.base.ids  # type: ignore[attr-defined]
 
     @property
     def num_poisoned(self) -> int:
+        """How many samples of the base dataset the store perturbs."""
         return sum(r >= 0 for r in self.rows)
 
     def __len__(self) -> int:

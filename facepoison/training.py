@@ -110,6 +110,20 @@ def train_checkpoint(
     results go into the meta (``epoch_evals``) and the weights of the best-scoring epoch into
     ``out.best.pt`` (what a scraper who keeps the best model on a validation set would keep).
 
+    Args:
+        cfg: model, schedule and (optionally) the poison store to apply.
+        data: the training set (a face set trains a CosFace recognizer, an image set a classifier).
+        test: evaluated once after training (``test_accuracy`` in the meta), or None.
+        out: the checkpoint to write; ``out.json`` gets its meta.
+        device: where to train.
+        fresh: ignore (and delete) a resume state from an earlier run.
+        progress: progress bars (one per run, in steps).
+        epoch_eval: ``(model, epoch) -> metrics`` with a ``score``, or None.
+        eval_every: evaluate every this many epochs (0: never).
+
+    Raises:
+        UsageError: a resume state made with other settings (pass ``fresh``).
+
     Returns:
         The checkpoint's meta on rank 0 (with ``train_accuracy`` and ``final_loss``), None on other ranks.
     """

@@ -305,8 +305,8 @@ def craft_error_minimizing(
 
     Example:
         >>> cfg = MinMinConfig(eps=8, classwise=True, batch_size=64)
-        >>> result = craft_error_minimizing(recognizer, faces.get_batch, faces.labels, len(faces.classes), cfg)
-        >>> q = quantize_delta(result.delta, images_u8, cfg.eps_unit)  # int16 steps for the store
+        >>> result = craft_error_minimizing(net, faces.get_batch, faces.labels, 447, cfg)  # doctest: +SKIP
+        >>> q = quantize_delta(result.delta, images_u8, cfg.eps_unit)  # doctest: +SKIP
 
     Args:
         model: the surrogate. It is deep-copied (the caller's model is left untouched) unless ``in_place``;

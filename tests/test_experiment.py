@@ -94,9 +94,11 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     assert "Table 7" in md and "Paper top-1" in md and "## Goals" in md
     assert (report / "faces_tiny_roc.png").is_file() and (report / "faces_tiny_faces.png").is_file()
     assert {"surrogate resnet18", "victim clean", "protect photos", "evaluate"} <= set(data["timings_s"])
-    # a second invocation finds every stage cached
+    assert {"surrogate resnet18", "victim clean", "protect photos"} <= set(data["stages_run"])
+    # a second invocation finds every stage cached: it runs none of them
     assert main(["experiment", str(path), "-q"]) == 0
     again = json.loads((report / "faces_tiny.json").read_text())
+    assert again["stages_run"] == []
     assert [m["identification"] for m in again["models"]] == [m["identification"] for m in data["models"]]
     assert np.isfinite(again["total_wall_s_this_invocation"])
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recognition.backbones import create_backbone
-from recognition.heads import CosFaceHead, FaceRecognizer
+from recognition.backbones import BACKBONES, create_backbone
+from recognition.heads import CosFaceHead, FaceRecognizer, create_recognizer
+from recognition.models import MODELS, create_model
 
 
 def naive_cosface(emb, weight, labels, s, m):
@@ -38,21 +39,55 @@ def test_cosface_margin_only_on_target():
     assert logits.tolist() == [[0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_backbone_shapes_and_finite_gradients(name):
-    torch.manual_seed(0)
-    model = FaceRecognizer(create_backbone(name, width=4, embedding_size=16), CosFaceHead(16, 3))
-    x = torch.rand(2, 3, 112, 112)
-    y = torch.tensor([0, 2])
-    loss = F.cross_entropy(model.logits(x, y), y)
-    loss.backward()
+DTYPES = [torch.float32, torch.float64]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def assert_finite_gradients(model: torch.nn.Module) -> None:
+    """Every parameter got a gradient, and it is finite (timm's test_model_forward)."""
     for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+
+
+def test_registries_hold_the_resnets():
+    assert {"resnet18", "resnet34", "resnet50"} <= set(BACKBONES.names())
+    assert {"resnet18", "resnet34", "resnet50"} <= set(MODELS.names())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_shapes_and_finite_gradients(name, dtype, device):
+    torch.manual_seed(0)
+    model = create_recognizer(name, 3, width=2, embedding_size=16, stem_stride=2).to(device, dtype)
+    x = torch.rand(2, 3, 112, 112, dtype=dtype, device=device)
+    y = torch.tensor([0, 2], device=device)
+    logits = model.logits(x, y)
+    assert logits.shape == (2, 3) and logits.dtype == dtype
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert_finite_gradients(model)
     model.eval()
     emb = model.embed(x)
-    assert emb.shape == (2, 16)
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+    assert emb.shape == (2, 16) and emb.dtype == dtype
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", MODELS.names())
+def test_classifier_shapes_and_finite_gradients(name, dtype, device):
+    torch.manual_seed(0)
+    model = create_model(name, 3, width=2).to(device, dtype)
+    x = torch.rand(2, 3, 16, 16, dtype=dtype, device=device)
+    logits = model(x)
+    assert logits.shape == (2, 3) and logits.dtype == dtype
+    loss = F.cross_entropy(logits, torch.tensor([0, 2], device=device))
+    loss.backward()
     assert math.isfinite(loss.item())
+    assert_finite_gradients(model)
 
 
 def test_unknown_backbone():

@@ -52,18 +52,27 @@ def run_command(
 
 
 def setup_logging(verbose: bool) -> None:
+    """Log to stderr: INFO and above with ``--verbose``, else warnings only."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
+    """Add the flags every subcommand has: ``--device``, ``-v/--verbose``, ``-q/--quiet``."""
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 class Progress:
-    """A tqdm bar on rank 0 unless quiet; silent otherwise."""
+    """A tqdm bar on stderr (a :class:`~facepoison.runtime.ProgressBar`); silent when not ``enabled``.
+
+    Args:
+        total: units of the whole task.
+        desc: the bar's label.
+        unit: what one unit is (``img``, ``step``, ...).
+        enabled: draw the bar.
+    """
 
     def __init__(self, total: int, desc: str, unit: str, enabled: bool = True) -> None:
         self.bar = None
@@ -73,12 +82,14 @@ class Progress:
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, n: int = 1, **postfix: Any) -> None:
+        """Advance by ``n`` and show ``postfix`` (e.g. ``loss="0.123"``) beside the bar."""
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
+        """Finish the bar."""
         if self.bar is not None:
             self.bar.close()
 

@@ -19,6 +19,7 @@ from facepoison.training import load_data
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison craft`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison craft", description=__doc__)
     p.add_argument("data", help="ImageFolder root (train/, test/), cifar-10-batches-py folder, or FACES.h5 (a face "
                    "set from facepoison prepare, crafted against a CosFace surrogate)")
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_regs(items: list[str] | None) -> dict[str, float] | None:
+    """``--reg NAME=WEIGHT`` items → ``{name: weight}`` (a bare ``NAME`` weighs 1); None when none are given.
+
+    Example:
+        >>> parse_regs(["ssim=0.1", "tv"])
+        {'ssim': 0.1, 'tv': 1.0}
+    """
     if not items:
         return None
     regs = {}
@@ -63,6 +70,7 @@ def parse_regs(items: list[str] | None) -> dict[str, float] | None:
 
 
 def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
+    """The command's config: ``--config`` YAML (if any) with every given flag overriding it."""
     return load_config(CraftCommandConfig, args.config, {
         "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
         "data.subset_seed": args.subset_seed,
@@ -77,6 +85,7 @@ def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check data, output and surrogate (in that order), then craft the store and print its summary as JSON."""
     cfg = resolve_config(args)
     if not cfg.surrogate:
         raise UsageError("--surrogate is required (a checkpoint from facepoison train)")
@@ -98,4 +107,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison craft ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     return run_command("craft", build_parser(), run, argv)

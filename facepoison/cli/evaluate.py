@@ -27,10 +27,12 @@ from eval.benchmarks import BENCHMARK_NAMES
 from facepoison.cli.common import EXIT_OK, add_common, progress_bars, run_command
 from facepoison.errors import UsageError
 from facepoison.evaluation import FaceEvaluation, evaluate_classifier, evaluate_faces
+from facepoison.runtime import check_output_file
 from recognition.atomic import atomic_write
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison evaluate`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]CKPT",
@@ -60,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_models(specs: list[str]) -> tuple[tuple[str, str], ...]:
-    """``[LABEL=]CKPT`` specs → (label, path) pairs; the label defaults to the file's stem."""
+    """``[LABEL=]CKPT`` specs → (label, path) pairs; the label defaults to the file's stem.
+
+    Example:
+        >>> parse_models(["clean=runs/a.pt", "runs/eps8.pt"])
+        (('clean', 'runs/a.pt'), ('eps8', 'runs/eps8.pt'))
+    """
     out = []
     for spec in specs:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -69,6 +76,12 @@ def parse_models(specs: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def parse_bins(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """``NAME=FILE.bin`` specs → (name, path) pairs; a one-line UsageError for a spec without ``=``.
+
+    Example:
+        >>> parse_bins(["AgeDB-30=agedb_30.bin"])
+        (('AgeDB-30', 'agedb_30.bin'),)
+    """
     out = []
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -79,8 +92,11 @@ def parse_bins(specs: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def run_classification(args: argparse.Namespace) -> int:
+    """Test accuracy of one classifier on ``--data`` [``--split``], printed (and written to ``--out``) as JSON."""
     if len(args.model) != 1:
         raise UsageError("--data evaluates one classifier; give --model once")
+    if args.out:
+        check_output_file(args.out, [], overwrite=True)  # before the evaluation, not when its report is ready
     report = evaluate_classifier(args.model[0].split("=", 1)[-1], args.data, args.split, args.batch_size, args.device)
     if args.out:
         out = Path(args.out)
@@ -91,6 +107,7 @@ def run_classification(args: argparse.Namespace) -> int:
 
 
 def run_faces(args: argparse.Namespace) -> int:
+    """The face recognition report of every ``--model`` into ``--out``; a JSON summary of it on stdout."""
     if not args.out:
         raise UsageError("--out REPORT_DIR is required for face recognizers")
     cfg = FaceEvaluation(
@@ -108,10 +125,12 @@ def run_faces(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Classifier accuracy when ``--data`` is given, else the face recognition report."""
     return run_classification(args) if args.data else run_faces(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison evaluate ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     argv = list(sys.argv[2:] if argv is None else argv)
     parser = build_parser()
     parser.set_defaults(argv=argv)  # recorded in the report

@@ -20,6 +20,7 @@ from facepoison.experiment import ExperimentConfig, run_experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison experiment`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison experiment", description=__doc__)
     p.add_argument("config", help="YAML config, e.g. configs/faces_cpu.yaml")
     p.add_argument("--run-dir", help="where stages cache their outputs (overrides run_dir)")
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the config with the flags applied, run (or resume) the experiment, print the top-1 summary."""
     path = Path(args.config)
     overrides = {"run_dir": args.run_dir, "report_dir": args.report_dir, "lfw": args.lfw,
                  "lfw_pairs": args.lfw_pairs, "device": args.device}
@@ -59,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison experiment ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     return run_command("experiment", build_parser(), run, argv)

@@ -15,6 +15,7 @@ from facepoison.exporting import export_poisoned
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison export`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison export", description=__doc__)
     p.add_argument("data", help="the data the store was crafted on")
     p.add_argument("--poisons", required=True, help="poison store (STORE.h5)")
@@ -25,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export the poisoned set (see :func:`facepoison.exporting.export_poisoned`); print its summary."""
     summary = export_poisoned(args.data, args.poisons, args.out, args.overwrite, progress_bars(not args.quiet))
     print(json.dumps(summary))
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison export ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     return run_command("export", build_parser(), run, argv)

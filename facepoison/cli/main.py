@@ -19,6 +19,7 @@ PLANNED: set[str] = set()
 
 
 def usage() -> str:
+    """The top-level help: every subcommand with one line about it."""
     lines = ["usage: facepoison <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
     lines += ["", "Run 'facepoison <command> --help' for the options of a command."]
@@ -26,6 +27,19 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``facepoison <command> ...`` to the command's module (imported only then).
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The command's exit code: 0 success, 1 partial failure (protect), 2 bad input or an unknown command.
+
+    Example:
+        >>> main(["--version"])
+        facepoison 0.1.0
+        0
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -45,4 +59,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
+    """The ``facepoison`` console script: :func:`main` on ``sys.argv``, its result as the exit status."""
     sys.exit(main())

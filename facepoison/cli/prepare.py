@@ -16,6 +16,7 @@ from facepoison.preparing import LAYOUTS, PrepareSettings, prepare_faces
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison prepare`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison prepare", description=__doc__)
     p.add_argument("src", help="identity-labelled photo tree")
     p.add_argument("--out", required=True, help="face set to write (FACES.h5)")
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Prepare the face set (see :func:`facepoison.preparing.prepare_faces`); print its summary."""
     settings = PrepareSettings(layout=args.layout, min_face_size=args.min_face_size,
                                score_threshold=args.score_threshold, quality=args.quality, batch_size=args.batch_size)
     summary = prepare_faces(args.src, args.out, settings, device=args.device, overwrite=args.overwrite,
@@ -41,4 +43,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison prepare ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     return run_command("prepare", build_parser(), run, argv)

@@ -45,6 +45,7 @@ from facepoison.runtime import check_writable, init_distributed
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison protect`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison protect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo folders (walked recursively) and files")
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check settings, inputs, output and surrogate, then protect every photo; print a JSON summary."""
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be >= 1")
     if args.batch_size < 1:
@@ -126,4 +128,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison protect ARGV``: 0 on success, 1 when some photos failed, 2 on bad input (one line on stderr)."""
     return run_command("protect", build_parser(), run, argv)

@@ -21,6 +21,7 @@ from facepoison.training import is_face_set, load_data, train_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``facepoison train`` (every flag it defines is used)."""
     p = argparse.ArgumentParser(prog="facepoison train", description=__doc__)
     p.add_argument("data", help="ImageFolder root (train/, test/), cifar-10-batches-py folder, or FACES.h5")
     p.add_argument("--out", required=True, help="checkpoint to write (CKPT; CKPT.json gets the resolved config)")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
+    """The command's config: ``--config`` YAML (if any) with every given flag overriding it."""
     return load_config(TrainCommandConfig, args.config, {
         "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
         "data.subset_seed": args.subset_seed,
@@ -57,6 +59,7 @@ def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check data, output and poisons, then train and print the checkpoint's summary as JSON."""
     cfg = resolve_config(args)
     out = Path(args.out)
     data = load_data(cfg.data)  # the data is checked first: a missing folder is the first thing reported
@@ -76,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``facepoison train ARGV``: 0 on success, 2 on bad input (one line on stderr)."""
     return run_command("train", build_parser(), run, argv)

@@ -11,10 +11,10 @@ Two kinds, declared by each defense's ``kind``:
   step, see :func:`clip_and_noise_`) or ``"arch"`` (a record naming the victim architecture, nothing to call).
 
 Example:
-    >>> stored = apply_data_defense(create_defense("jpeg", quality=75), images_u8)
-    >>> mix = create_defense("mixup", alpha=1.0)
-    >>> x, targets = mix(images, labels, torch.Generator().manual_seed(0))
-    >>> loss = defense_loss(F.cross_entropy, model(x), targets)
+    >>> stored = apply_data_defense(create_defense("jpeg", quality=75), images_u8)  # doctest: +SKIP
+    >>> mix = create_defense("mixup", alpha=1.0)  # doctest: +SKIP
+    >>> x, targets = mix(images, labels, torch.Generator().manual_seed(0))  # doctest: +SKIP
+    >>> loss = defense_loss(F.cross_entropy, model(x), targets)  # doctest: +SKIP
 """
 
 from __future__ import annotations

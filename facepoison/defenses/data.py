@@ -102,6 +102,7 @@ class DataDefense:
     kind: ClassVar[str] = "data"
 
     def apply(self, images: Tensor, generator: torch.Generator | None) -> Tensor:  # pragma: no cover - interface
+        """The defended images: ``(N, C, H, W)`` uint8 → same (the input is checked by ``__call__``)."""
         raise NotImplementedError
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:

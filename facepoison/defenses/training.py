@@ -50,9 +50,11 @@ class BatchDefense:
     hook: ClassVar[str] = "batch"
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None):  # pragma: no cover - interface
+        """The random parameters of one call (drawn from ``generator``), replayable by :meth:`apply`."""
         raise NotImplementedError
 
     def apply(self, images: Tensor, labels: Tensor, params):  # pragma: no cover - interface
+        """``(images, targets)`` for ``params`` from :meth:`sample`: plain labels or :class:`MixedTargets`."""
         raise NotImplementedError
 
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from facepoison.config import MinMinOptions, ModelConfig
 from facepoison.crafter import CrafterConfig
@@ -155,6 +156,39 @@ def protect_modes(p: ProtectStage) -> list[str]:
     return modes
 
 
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """The files the stages will read and the folders they will write, checked before anything is written: the
+    photo folders (or the prepared face sets), the CFP protocols, the protect surrogate, and that the run and
+    report folders are writable and not inside the photo folders."""
+    from facepoison.preparing import list_photos
+    from facepoison.protect.surrogate import DEFAULT_SURROGATE
+    from facepoison.runtime import check_writable, load_classifier
+
+    d = cfg.data
+    sources = []
+    for given, src, layout in ((d.celeba_faces, d.celeba_photos, "folders"), (d.cfp_faces, d.cfp_root, "cfp")):
+        if given:
+            if not Path(given).is_file():
+                raise UsageError(f"prepared face set {given} does not exist")
+        else:
+            list_photos(Path(src), layout)
+            sources.append(Path(src).resolve())
+    if not (Path(d.cfp_root) / "Protocol" / "Split").is_dir():
+        raise UsageError(f"{d.cfp_root} has no CFP protocols (Protocol/Split/); set data.cfp_root")
+    if cfg.protect.enabled:
+        surrogate = Path(cfg.protect.surrogate) if cfg.protect.surrogate else DEFAULT_SURROGATE
+        if not surrogate.is_file():
+            raise UsageError(f"protect surrogate {surrogate} does not exist")
+        load_classifier(surrogate, kind="face")
+        sources += [Path(d.celeba_photos).resolve(), Path(d.cfp_root).resolve()]
+    for key_name, folder in (("run_dir", cfg.run_dir), ("report_dir", cfg.report_dir)):
+        check_writable(folder)
+        real = Path(folder).resolve()
+        for src in sources:
+            if real == src or src in real.parents:
+                raise UsageError(f"{key_name} {folder} must not be inside the photo folder {src}")
+
+
 def check_config(cfg: ExperimentConfig) -> list[str]:
     """Everything that can be checked before any stage runs; returns the protect modes."""
     if not cfg.poisons and not cfg.protect.enabled:
@@ -172,4 +206,5 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
     missing = sorted(used - set(cfg.surrogates))
     if missing:
         raise UsageError(f"poison runs name surrogates missing from surrogates: {', '.join(missing)}")
+    check_inputs(cfg)
     return modes

@@ -109,7 +109,12 @@ def _jpeg_roundtrip_linf(photo, quality_: int) -> int:
 
 
 class PhotoFolderRun:
-    """One run over photo files: scan each group, craft through the protector, write each photo as it completes."""
+    """One run over photo files: scan each group, craft through the protector, write each photo as it completes.
+
+    Args:
+        protector: configured with the run's settings (format, metadata and no-face handling included).
+        out_dir: the output folder; each photo goes to ``out_dir / item.rel`` (suffix changed with its format).
+    """
 
     def __init__(self, protector: Protector, out_dir: Path) -> None:
         self.protector = protector
@@ -117,6 +122,7 @@ class PhotoFolderRun:
         self.out_dir = out_dir
 
     def record(self, item: Item, status: str, faces: int, seconds: float, **extra) -> dict:
+        """The manifest line of one photo: path, status, faces, ε, seconds, surrogate hash, and ``extra``."""
         return {"path": item.rel, "status": status, "faces": faces, "eps": self.s.eps, "seconds": round(seconds, 3),
                 "surrogate_sha256": self.protector.surrogate.sha256, **extra}
 
@@ -175,6 +181,8 @@ class PhotoFolderRun:
                            **extra)
 
     def output_path(self, item: Item, fmt: str) -> Path:
+        """Where ``item`` is written in format ``fmt``: its relative path, with the suffix of ``fmt`` when the format
+        changed (``photos/b.gif`` saved as PNG → ``OUT/photos/b.png``)."""
         rel = Path(item.rel)
         if fmt != _format_of_suffix(rel.suffix):
             rel = rel.with_suffix(SUFFIX[fmt])
@@ -219,8 +227,19 @@ def protect_photos(items: list[Item], out_dir: Path, protector: Protector, overw
     """Protect ``items`` (this rank's shard of them) into ``out_dir``, resuming from its manifest.
 
     Each finished photo's record is appended to ``manifest.jsonl`` (``manifest.jsonl.rank<r>`` under
-    torchrun) as it comes. Returns (records of this run by path, the paths that were to do, faces
-    protected, seconds).
+    torchrun) as it comes. Photos are grouped by :func:`assign_groups` (the experiment's protect path
+    comes through here too).
+
+    Args:
+        items: every photo of the run (from :func:`collect`).
+        out_dir: the output folder.
+        protector: configured with the run's settings.
+        overwrite: redo photos an earlier run finished.
+        rank, world: this process's shard under torchrun (every ``world``-th photo from ``rank``).
+        progress: a progress bar in photos.
+
+    Returns:
+        (records of this run by path, the paths that were to do, faces protected, seconds).
     """
     previous = {} if overwrite else previous_records(out_dir)
     shard = items[rank::world]

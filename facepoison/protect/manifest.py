@@ -42,6 +42,7 @@ class ManifestWriter:
         os.fsync(self.fh.fileno())
 
     def close(self) -> None:
+        """Close the manifest (every line written is already on disk)."""
         self.fh.close()
 
 
