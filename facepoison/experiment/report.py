@@ -170,8 +170,9 @@ CFP verification on protocol folds {', '.join(map(str, result['cfp_eval_folds'])
 
 Accuracy in %, mean [min–max] over the victim seeds, change of the mean from clean in points. "best" is the
 epoch with the highest held-out top-1 (evaluated every {result.get('eval_every') or '–'} epochs): what a scraper
-who keeps the best model on a validation set gets, so it is the protection's worst case. Steps, crafting seconds
-per 1,000 faces, and the mean SSIM, PSNR and CIEDE2000 colour difference of the poisoned faces against the clean
+who keeps the best model on a validation set gets, so it is the protection's worst case. Steps (PGD steps, or the
+min-min loop's rounds × noise steps per pass), crafting seconds per 1,000 faces (wall time of the crafting stage),
+and the mean SSIM, PSNR and CIEDE2000 colour difference of the poisoned faces against the clean
 ones ({cfg.quality_faces} faces) are beside each set; the victims' training accuracy (on their own training set)
 and final training loss show how well they fit.
 

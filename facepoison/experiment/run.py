@@ -34,6 +34,21 @@ def heldout_top1(ident: FaceSet, device) -> EpochEval:
     return evaluate
 
 
+def crafting_steps(run: PoisonRun, store: Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """What crafting a set took: PGD steps, or the min-min loop's rounds × noise steps (and its surrogate's final
+    accuracy on the poisoned set)."""
+    if run.objective == "random":
+        return {"steps": 0}
+    from facepoison.store import read_attrs
+
+    summary = read_attrs(store).get("min_min")
+    if not summary:
+        return {"steps": cfg.craft.steps * cfg.craft.restarts}
+    mm = json.loads(summary)
+    return {"steps": f"{mm['rounds']}×{cfg.min_min.noise_steps}", "min_min_rounds": mm["rounds"],
+            "min_min_accuracy": mm["train_accuracy"]}
+
+
 def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str], None] = lambda m: None,
                    progress: ProgressFactory = no_progress) -> dict[str, Any]:
     """Run (or resume) every stage of ``cfg``, evaluate every victim and write the report.
@@ -113,8 +128,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     poison_sets = {}
     for name, (run, store) in stores.items():
         seconds = st.timings.get(f"craft {name}")
-        poison_sets[name] = {**st.quality(store, split.release),
-                             "steps": cfg.craft.steps if run.objective != "random" else 0,
+        poison_sets[name] = {**st.quality(store, split.release), **crafting_steps(run, store, cfg),
                              "s_per_1k": None if seconds is None else 1000 * seconds / len(split.release)}
     figure = poisoned_faces_figure(split.release, stores, cfg, st.root / "poisoned_faces.png")
     result = {

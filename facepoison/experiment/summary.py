@@ -134,7 +134,8 @@ def objectives_table(rows: list[dict], extras: dict[str, dict]) -> str:
             r["label"], str(len(r["last"]["seeds"])),
             cell("last", "top1"), cell("best", "top1"), cell("last", "top5"), cell("best", "top5"),
             cell("last", "CFP-FF"), cell("last", "CFP-FP"),
-            fmt("steps", "d"), fmt("s_per_1k", ".0f"), fmt("ssim", ".3f"), fmt("psnr", ".1f"), fmt("ciede2000", ".2f"),
+            str(e.get("steps", "–")), fmt("s_per_1k", ".0f"), fmt("ssim", ".3f"), fmt("psnr", ".1f"),
+            fmt("ciede2000", ".2f"),
             "–" if acc is None else f"{100 * acc['mean']:.1f}", "–" if loss is None else f"{loss['mean']:.2f}",
         ]) + " |")
     return "\n".join(lines)
