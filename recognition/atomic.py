@@ -70,3 +70,29 @@ def atomic_write(path: str | Path, data: str | bytes, hidden: bool = False) -> N
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically."""
     with atomic_path(path, hidden=hidden) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files under ``folder`` that :func:`atomic_path` left behind in a process that no longer
+    runs (killed with SIGKILL mid-write); those of live processes (other ranks of a run) are left alone.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for tmp in Path(folder).rglob("*.tmp"):
+        parts = tmp.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

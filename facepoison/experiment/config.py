@@ -78,6 +78,7 @@ class ProtectStage:
         eps, steps: strength.
         identities: one mode, or a comma-separated list of modes to compare (``folder,auto,single``).
         batch_size: faces crafted together.
+        objective: the crafting objective; ``facepoison protect``'s default when None.
     """
 
     enabled: bool = True
@@ -86,6 +87,7 @@ class ProtectStage:
     steps: int = 15
     identities: str = "folder"
     batch_size: int = 16
+    objective: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,10 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     if not (Path(d.cfp_root) / "Protocol" / "Split").is_dir():
         raise UsageError(f"{d.cfp_root} has no CFP protocols (Protocol/Split/); set data.cfp_root")
     if cfg.protect.enabled:
+        from facepoison.protect import ProtectSettings
+
+        ProtectSettings(eps=cfg.protect.eps, steps=cfg.protect.steps, batch_size=cfg.protect.batch_size,
+                        **({"objective": cfg.protect.objective} if cfg.protect.objective else {}))
         surrogate = Path(cfg.protect.surrogate) if cfg.protect.surrogate else DEFAULT_SURROGATE
         if not surrogate.is_file():
             raise UsageError(f"protect surrogate {surrogate} does not exist")

@@ -16,6 +16,7 @@ from facepoison.evaluation import FaceEvaluation, evaluate_faces, identify
 from facepoison.experiment.config import ExperimentConfig, PoisonRun, check_config
 from facepoison.experiment.report import poisoned_faces_figure, write_report
 from facepoison.experiment.stages import Stages, key
+from facepoison.protect import ProtectSettings
 from facepoison.provenance import code_revision
 from facepoison.runtime import ProgressFactory, no_progress
 from facepoison.training import EpochEval
@@ -105,11 +106,12 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     for mode in modes:
         suffix = f" ({mode})" if len(modes) > 1 else ""
         folder, faces = st.protect(split, mode, suffix)
-        notes = ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
+        objective = cfg.protect.objective or ProtectSettings().objective
+        notes = [objective] + ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
             ([f"{mode} identities"] if len(modes) > 1 else [])
-        label = "protect" + (f" ({', '.join(notes)})" if notes else "")
-        train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces)}, faces,
-                      folder, stem="victim")
+        label = "protect" + f" ({', '.join(notes)})"
+        train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces),
+                                                   "objective": objective}, faces, folder, stem="victim")
     # 6. evaluation
     eval_dir = st.root / "eval"
     t0 = time.perf_counter()

@@ -164,7 +164,8 @@ class Stages:
     # 7. protect path -------------------------------------------------------------------------------------
     def protect(self, split, mode: str, suffix: str = "") -> tuple[Path, FaceSet]:
         """The release photos protected with ``--identities mode``, prepared again as a scraper would."""
-        p = dataclasses.replace(self.cfg.protect, identities=mode)
+        p = dataclasses.replace(self.cfg.protect, identities=mode,
+                                objective=self.cfg.protect.objective or ProtectSettings().objective)
         d = self.cfg.data
         sur_path = Path(p.surrogate) if p.surrogate else DEFAULT_SURROGATE
         # the key names the grouping rule: runs before auto mode clustered the whole run were grouped by folder
@@ -178,7 +179,8 @@ class Stages:
             items.append(Item(src_root / path, rel, f"{part}/{identity}"))  # the person's folder, as a user has it
 
         def run_protect():
-            settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size)
+            settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size,
+                                       objective=p.objective)
             protector = Protector(Surrogate(sur_path, self.device), settings, device=str(self.device))
             protect_photos(items, photos, protector, progress=self.progress)
 

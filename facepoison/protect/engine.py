@@ -72,7 +72,7 @@ class ProtectSettings:
     min_face_size: int = 20
     jpeg_quality: int = 95
     seed: int = 0
-    objective: str = "alignment"
+    objective: str = "error_min_identity"
     chroma: float = 1.0
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ from facepoison.photos import (
 from facepoison.protect.engine import FaceScan, Protector, quality
 from facepoison.protect.manifest import MANIFEST, ManifestWriter, is_done, previous_records
 from facepoison.runtime import ProgressFactory, no_progress
-from recognition.atomic import atomic_path
+from recognition.atomic import atomic_path, remove_stale_temporaries
 
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".jfif"}
 SCAN_CHUNK = 16  # photos decoded and detected together
@@ -241,6 +241,8 @@ def protect_photos(items: list[Item], out_dir: Path, protector: Protector, overw
     Returns:
         (records of this run by path, the paths that were to do, faces protected, seconds).
     """
+    if out_dir.is_dir():
+        remove_stale_temporaries(out_dir)  # a photo half-written when an earlier run was killed
     previous = {} if overwrite else previous_records(out_dir)
     shard = items[rank::world]
     todo = {it.rel for it in shard if not is_done(previous.get(it.rel), out_dir)}
