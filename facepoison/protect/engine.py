@@ -326,7 +326,8 @@ class Protector:
         results = []
         for i, ((rgb, how), scan) in enumerate(zip(converted, scans, strict=True)):
             record = {"status": "no_face" if not scan.faces else "protected", "faces": len(scan.faces),
-                      "eps": self.settings.eps, "surrogate_sha256": self.surrogate.sha256}
+                      "eps": self.settings.eps, "objective": self.settings.objective, "chroma": self.settings.chroma,
+                      "surrogate_sha256": self.surrogate.sha256}
             new = self.apply(rgb, scan, done[i], gray=how["gray"]) if scan.faces else rgb.copy()
             linf = int(np.abs(new.astype(np.int16) - rgb.astype(np.int16)).max())
             original, protected = (rgb[..., 0], new[..., 0]) if how["gray"] else (rgb, new)

@@ -123,7 +123,8 @@ class PhotoFolderRun:
 
     def record(self, item: Item, status: str, faces: int, seconds: float, **extra) -> dict:
         """The manifest line of one photo: path, status, faces, ε, seconds, surrogate hash, and ``extra``."""
-        return {"path": item.rel, "status": status, "faces": faces, "eps": self.s.eps, "seconds": round(seconds, 3),
+        return {"path": item.rel, "status": status, "faces": faces, "eps": self.s.eps, "objective": self.s.objective,
+                "chroma": self.s.chroma, "seconds": round(seconds, 3),
                 "surrogate_sha256": self.protector.surrogate.sha256, **extra}
 
     def run(self, groups: list[list[Item]], todo: set[str]):
