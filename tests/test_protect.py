@@ -277,6 +277,7 @@ def test_readme_command_1_with_the_bundled_surrogate(tmp_path):
     assert main(["protect", str(ROOT / "examples"), "--out", str(out), "-q"]) == 0
     rec = manifest(out)["astronaut.png"]
     assert rec["status"] == "protected" and rec["faces"] == 1 and rec["eps"] == 8
+    assert rec["objective"] == "error_min_identity"  # the default: the winner of docs/results/faces_objectives.md
     assert rec["surrogate_sha256"] == file_sha256(DEFAULT_SURROGATE)
     a = np.asarray(Image.open(ASTRONAUT)).astype(int)
     b = np.asarray(Image.open(out / "astronaut.png")).astype(int)
@@ -307,3 +308,23 @@ def test_real_edge_cases(surrogate, tmp_path):
     assert Image.open(out / "rgba_portrait.png").mode == "RGBA"
     src = Image.open(EDGE_CASES / "exif_rotated_portrait.jpg")
     assert Image.open(out / "exif_rotated_portrait.jpg").size == src.size[::-1]  # orientation 8 applied
+
+
+def test_help_names_the_default_objective(capsys):
+    assert main(["protect", "--help"]) == 0
+    assert "default error_min_identity" in " ".join(capsys.readouterr().out.split())
+
+
+def test_identity_wise_default_gives_one_pattern_per_folder(tmp_path, surrogate):
+    """The default objective crafts one pattern per identity: two photos of one folder carry the same pattern in the
+    aligned frame (up to the [0, 1] clip and rounding), a photo of another folder a different one."""
+    from facepoison.protect import Protector, ProtectSettings
+
+    base = astronaut().resize((250, 250))
+    protector = Protector(surrogate, ProtectSettings(eps=8, steps=3), device="cpu")
+    images = [np.asarray(base), np.asarray(base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), np.asarray(base)]
+    scans = protector.scan(images)
+    deltas = dict(protector.craft(scans, groups=["ann", "ann", "bob"]))
+    same = np.abs(deltas[0][0] - deltas[1][0]).mean()
+    other = np.abs(deltas[0][0] - deltas[2][0]).mean()
+    assert same < 0.5 < other  # pixels (of 8): shared within ann, different for bob
