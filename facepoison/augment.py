@@ -109,3 +109,9 @@ def create_augmentation(name: str, **kwargs) -> Augmentation:
     """
     return AUGMENTATIONS.create(name, **kwargs)
 
+
+
+def augmentation_for(name: str, max_shift: float) -> Augmentation:
+    """The augmentation a crafting config names, with its ``max_shift`` where the augmentation shifts
+    (``shift_flip``); a ValueError listing the valid names otherwise."""
+    return create_augmentation(name, **({"max_shift": max_shift} if name == "shift_flip" else {}))

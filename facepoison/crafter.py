@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from facepoison.augment import Augmentation, create_augmentation
+from facepoison.augment import Augmentation, augmentation_for
 from facepoison.losses import LogitsFn, project, quantize_delta
 from facepoison.objectives import Objective, objective_logits_fn
 from facepoison.regularizers import REGULARIZERS
@@ -68,10 +68,7 @@ class CrafterConfig:
             raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={self.steps}, restarts={self.restarts}")
         for name in self.regularizers:
             REGULARIZERS.get(name)  # raises ValueError listing the valid names
-        create_augmentation(self.augment, **self._augment_kwargs())
-
-    def _augment_kwargs(self) -> dict:
-        return {"max_shift": self.max_shift} if self.augment == "shift_flip" else {}
+        augmentation_for(self.augment, self.max_shift)
 
     @property
     def eps_unit(self) -> float:
@@ -164,7 +161,7 @@ class PoisonCrafter:
         self.params = objective.parameters(model)
         self.device = torch.device(device) if device is not None else self.params[0].device
         self.chroma = config.chroma
-        self.augmentation: Augmentation = create_augmentation(config.augment, **config._augment_kwargs())
+        self.augmentation: Augmentation = augmentation_for(config.augment, config.max_shift)
         self.regularizers: list[tuple[Callable[[Tensor, Tensor], Tensor], float]] = [
             (REGULARIZERS.get(name), float(w)) for name, w in config.regularizers.items() if w != 0
         ]

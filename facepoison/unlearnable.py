@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facepoison.augment import Augmentation, create_augmentation
+from facepoison.augment import Augmentation, augmentation_for
 from facepoison.losses import limit_chroma, project, trainable_parameters
 from facepoison.objectives import model_logits_fn
 
@@ -89,10 +89,7 @@ class MinMinConfig:
                              f"{self.lr:g}, {self.momentum:g}")
         if not (0 < self.stop_accuracy <= 1):
             raise ValueError(f"stop_accuracy must be in (0, 1], got {self.stop_accuracy:g}")
-        create_augmentation(self.augment, **self._augment_kwargs())
-
-    def _augment_kwargs(self) -> dict:
-        return {"max_shift": self.max_shift} if self.augment == "shift_flip" else {}
+        augmentation_for(self.augment, self.max_shift)
 
     @property
     def eps_unit(self) -> float:
@@ -183,7 +180,7 @@ class _MinMin:
         self.eps = config.eps_unit
         self.alpha = config.step_size * self.eps
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.augmentation: Augmentation = create_augmentation(config.augment, **config._augment_kwargs())
+        self.augmentation: Augmentation = augmentation_for(config.augment, config.max_shift)
         n = len(labels)
         shape = (num_classes if config.classwise else n, *sample_shape)
         start = (torch.rand(shape, generator=self.generator) * 2 - 1) * self.eps  # uniform in the ε-ball
