@@ -171,6 +171,6 @@ def face_goals(rows: list[dict]) -> list[str]:
             c = next(x for x in rows if x["kind"] == "clean")["best"]["top1"]
             spread = 100 * max(s["max"] - s["min"], c["max"] - c["min"])
             v = d[r["set"]]["best"]
-            out.append(f"{r['label']}: moves best-epoch top-1 by {v:+.1f} points vs a seed spread of {spread:.1f} → "
+            out.append(f"{r['label']}: best-epoch top-1 drop {v:+.1f} points vs a seed spread of {spread:.1f} → "
                        f"{'within (harness sane)' if abs(v) <= max(spread, 1.0) else 'OUTSIDE the spread'}")
     return out
