@@ -8,6 +8,7 @@ the last chunk, after the merge) finishes the same store when called again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -149,10 +150,10 @@ def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet,
     from facepoison.unlearnable import MinMinConfig, craft_error_minimizing
 
     mm = cfg.min_min
-    config = MinMinConfig(eps=cfg.craft.eps, noise_steps=mm.noise_steps, step_size=mm.step_size,
-                          train_steps=mm.train_steps, lr=mm.lr, batch_size=cfg.batch_size, max_rounds=mm.max_rounds,
-                          stop_accuracy=mm.stop_accuracy, classwise=objective.classwise, augment=cfg.craft.augment,
-                          max_shift=cfg.craft.max_shift, seed=cfg.craft.seed, chroma=cfg.craft.chroma)
+    # the loop's own options as configured, the rest from the crafting settings and the objective
+    config = MinMinConfig(**dataclasses.asdict(mm), eps=cfg.craft.eps, batch_size=cfg.batch_size,
+                          classwise=objective.classwise, augment=cfg.craft.augment, max_shift=cfg.craft.max_shift,
+                          seed=cfg.craft.seed, chroma=cfg.craft.chroma)
     bar = progress(mm.max_rounds, "min-min", "round")
     t0 = time.perf_counter()
     result = craft_error_minimizing(

@@ -148,11 +148,10 @@ class Stages:
 
                 path = out.with_suffix(".none.pt")
                 meta = {"num_classes": len(data.identities), "kind": "face"}
-                if not path.is_file():
-                    save_checkpoint(path, create_recognizer("resnet18", len(data.identities), width=1,
-                                                            embedding_size=8), meta)
-                local = dataclasses.replace(cfg, surrogate=str(path))
                 model = create_recognizer("resnet18", len(data.identities), width=1, embedding_size=8)
+                if not path.is_file():
+                    save_checkpoint(path, model, meta)
+                local = dataclasses.replace(cfg, surrogate=str(path))
             else:
                 model, meta = load_classifier(surrogate, kind="face")
                 local = cfg
