@@ -79,8 +79,62 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DefenseSpec:
+    """A registered defense by name, with its parameters (see :mod:`facepoison.defenses`).
+
+    In YAML: ``{name: jpeg, params: {quality: 75}}`` (optionally ``title``, the report's label); on the command
+    line: ``jpeg:quality=75``.
+
+    Example:
+        >>> spec = DefenseSpec.parse("resize:size=64,jpeg_quality=85")
+        >>> spec.key, spec.label
+        ('resize_jpeg_quality85_size64', 'resize (jpeg_quality=85, size=64)')
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    title: str | None = None
+
+    @property
+    def key(self) -> str:
+        """File-name-safe key of the name and parameters."""
+        parts = [self.name] + [f"{k}{v}" for k, v in sorted(self.params.items())]
+        return re.sub(r"[^A-Za-z0-9_.-]", "", "_".join(parts))
+
+    @property
+    def label(self) -> str:
+        """Report label: ``title`` when given, else the name with the parameters."""
+        if self.title:
+            return self.title
+        args = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return self.name + (f" ({args})" if args else "")
+
+    @classmethod
+    def parse(cls, text: str) -> DefenseSpec:
+        """``NAME[:KEY=VALUE,...]``, values read as YAML scalars (``jpeg:quality=75``)."""
+        name, _, rest = text.partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            k, eq, v = item.partition("=")
+            if not eq or not k.strip():
+                raise UsageError(f"bad defense {text!r}: expected NAME[:KEY=VALUE,...]")
+            params[k.strip()] = yaml.safe_load(v)
+        return cls(name.strip(), params)
+
+    def build(self):
+        """The defense object (:func:`facepoison.defenses.create_defense`); one-line UsageError when invalid."""
+        from facepoison.defenses import create_defense
+
+        try:
+            return create_defense(self.name, **dict(self.params))
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"defense {self.label}: {first_line(exc)}") from None
+
+
+@dataclass(frozen=True)
 class TrainCommandConfig:
-    """``facepoison train``: data, model, schedule, an optional poison store on top, the test split, device."""
+    """``facepoison train``: data, model, schedule, an optional poison store on top, an optional defense, the
+    test split, device."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -88,6 +142,7 @@ class TrainCommandConfig:
     poisons: str | None = None
     test_split: str | None = "test"
     device: str = "auto"
+    defense: DefenseSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ and keep its best weights, and writes a self-describing checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from eval.metrics import top1_accuracy
 from facepoison.config import DataConfig, TrainCommandConfig, to_dict
 from facepoison.data import ImageSet, load_dataset
+from facepoison.defenses.use import defended_dataset, defended_model, training_hooks
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.runtime import ProgressFactory, no_progress
@@ -103,7 +105,8 @@ def train_checkpoint(
     fresh: bool = False, progress: ProgressFactory = no_progress, epoch_eval: EpochEval | None = None,
     eval_every: int = 0,
 ) -> dict[str, Any] | None:
-    """Train on ``data`` (with ``cfg.poisons`` applied), evaluate on ``test``, save ``out`` (+ ``.json``).
+    """Train on ``data`` (with ``cfg.poisons`` applied, then ``cfg.defense``), evaluate on ``test``, save ``out``
+    (+ ``.json``).
 
     Resumes from ``out.resume.pt`` (saved after every epoch) unless ``fresh``. With ``epoch_eval`` and
     ``eval_every`` > 0, the model is evaluated after every ``eval_every``-th epoch and after the last; the
@@ -111,7 +114,9 @@ def train_checkpoint(
     ``out.best.pt`` (what a scraper who keeps the best model on a validation set would keep).
 
     Args:
-        cfg: model, schedule and (optionally) the poison store to apply.
+        cfg: model, schedule, (optionally) the poison store to apply and a defense: a data defense changes the
+            (poisoned) images once before training, a training defense hooks into every step, ``victim_arch``
+            replaces the architecture.
         data: the training set (a face set trains a CosFace recognizer, an image set a classifier).
         test: evaluated once after training (``test_accuracy`` in the meta), or None.
         out: the checkpoint to write; ``out.json`` gets its meta.
@@ -135,8 +140,10 @@ def train_checkpoint(
     faces = isinstance(data, FaceSet)
     classes = data.identities if faces else data.classes
     num_classes = len(classes)
+    defense = cfg.defense.build() if cfg.defense else None
+    built = dataclasses.replace(cfg, model=defended_model(cfg.model, defense))  # victim_arch: another architecture
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, num_classes, faces)
+    model = build_model(built, num_classes, faces)
     dataset = data
     poison_info = None
     if cfg.poisons:
@@ -144,6 +151,8 @@ def train_checkpoint(
         dataset = PoisonedDataset(data, poisons)
         poison_info = {"path": str(cfg.poisons), "sha256": file_sha256(cfg.poisons), "eps": poisons.attrs.get("eps"),
                        "objective": poisons.attrs.get("objective"), "poisoned": dataset.num_poisoned}
+    if defense is not None and defense.kind == "data":  # stored once as the platform / scraper stores them
+        dataset = defended_dataset(dataset, defense, seed=cfg.train.seed)
     resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
     if resume is not None and resume.get("config") != to_dict(cfg):
         raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")
@@ -161,7 +170,7 @@ def train_checkpoint(
             metrics = {"epoch": epoch + 1, **epoch_eval(model, epoch)}
             model.train(was_training)
             if all(metrics["score"] > e["score"] for e in evals):
-                save_checkpoint(best_path, model, {**meta_of(cfg, classes, data, faces), "best_epoch": epoch + 1,
+                save_checkpoint(best_path, model, {**meta_of(built, classes, data, faces), "best_epoch": epoch + 1,
                                                    "best": metrics})
             evals.append(metrics)
         atomic_torch_save({**state, "config": to_dict(cfg), "epoch_evals": evals}, resume_path)
@@ -169,12 +178,14 @@ def train_checkpoint(
     start = time.perf_counter()
     history = train_classifier(model, dataset, cfg.train, device=device, loss_fn=face_loss if faces else
                                cross_entropy_loss, resume=resume, on_epoch_end=on_epoch_end,
-                               progress=lambda step, steps, loss: bar.update(1, loss=f"{loss:.3f}"))
+                               progress=lambda step, steps, loss: bar.update(1, loss=f"{loss:.3f}"),
+                               hooks=training_hooks(defense) if defense is not None else None)
     bar.close()
     if rank() != 0:
         return None
-    meta = meta_of(cfg, classes, data, faces)
+    meta = meta_of(built, classes, data, faces)
     meta |= {"config": to_dict(cfg), "history": history, "poisons": poison_info, "world_size": world_size(),
+             "defense": to_dict(cfg.defense) if cfg.defense else None,
              "train_seconds": time.perf_counter() - start, "code_revision": code_revision(),
              "final_loss": history[-1]["loss"] if history else None,
              "train_accuracy": train_accuracy(model, dataset, faces, device)}

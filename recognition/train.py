@@ -102,6 +102,24 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """Changes to every training step (how a training-time defense plugs into :func:`train_classifier`).
+
+    Both get a ``torch.Generator`` of their own, seeded from the config's seed and the epoch, so a hook's
+    randomness replays and the shuffling and augmentation stay those of the same run without the hook.
+
+    Attributes:
+        loss: ``(loss_fn, net, images, labels, generator) -> loss``, replacing ``loss_fn(net, images, labels)``
+            (a batch transform such as mixup, or adversarial examples).
+        after_backward: ``(model, batch_size, generator) -> None``, called between ``backward`` and the optimizer
+            step (e.g. clip and noise the gradients).
+    """
+
+    loss: Callable[[LossFn, nn.Module, Tensor, Tensor, torch.Generator], Tensor] | None = None
+    after_backward: Callable[[nn.Module, int, torch.Generator], None] | None = None
+
+
 def cross_entropy_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(model(images), labels)
 
@@ -115,6 +133,7 @@ def train_classifier(
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``dataset`` in place.
 
@@ -128,6 +147,7 @@ def train_classifier(
         on_epoch_end: called on rank 0 as ``on_epoch_end(epoch, state)`` after each epoch, where ``state``
             holds the model, optimizer and history (pass it back as ``resume``).
         progress: called as ``progress(step, steps_per_epoch, loss)`` after each step (rank 0 only).
+        hooks: changes to every step (:class:`TrainHooks`), e.g. a training-time defense.
 
     Returns:
         One record per epoch: mean loss, images/s, seconds.
@@ -162,6 +182,8 @@ def train_classifier(
             pin_memory=device.type == "cuda", persistent_workers=False,
         )
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank())
+        hook_gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch * 37 + rank())
+        hooks = hooks or TrainHooks()
         steps = len(loader)
         net.train()
         total, count, t0 = 0.0, 0, time.perf_counter()
@@ -176,16 +198,22 @@ def train_classifier(
                 else contextlib.nullcontext()
             )
             with autocast:
-                loss = loss_fn(net, images, labels)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; lower the lr")
+                if hooks.loss is not None:
+                    loss = hooks.loss(loss_fn, net, images, labels, hook_gen)
+                else:
+                    loss = loss_fn(net, images, labels)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if hooks.after_backward is not None:
+                hooks.after_backward(model, len(labels), hook_gen)
             optimizer.step()
-            total += loss.item() * len(labels)
+            total += value * len(labels)
             count += len(labels)
             if progress is not None and rank() == 0:
-                progress(step, steps, loss.item())
+                progress(step, steps, value)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "loss": total / max(1, count), "images_per_s": count * world / seconds,
                   "seconds": seconds}

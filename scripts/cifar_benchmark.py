@@ -6,8 +6,13 @@ trains victims from scratch on each poisoned set (several seeds), and measures t
 step against a training step on the same batch. Every stage is cached under ``run_dir``, so an
 interrupted run resumes; the report is regenerated from the cached results.
 
+With ``defenses:`` in the config, one more victim (the first seed) is trained per defense on the clean set and on
+each poisoned set, and the report gains a Defenses table: each victim's accuracy and the retained protection
+(drop under the defense / drop without it), with the worst case (see ``facepoison.defenses.table``).
+
 Usage:
     python scripts/cifar_benchmark.py configs/cifar_cpu.yaml [--data-root ../shared/data/cifar10]
+    python scripts/cifar_benchmark.py configs/cifar_defenses.yaml --data-root ../shared/data/cifar10
 """
 
 from __future__ import annotations
@@ -29,10 +34,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from facepoison.config import CraftCommandConfig, DataConfig, ModelConfig, TrainCommandConfig, load_config, to_dict
+from facepoison.config import (
+    CraftCommandConfig,
+    DataConfig,
+    DefenseSpec,
+    ModelConfig,
+    TrainCommandConfig,
+    load_config,
+    to_dict,
+)
 from facepoison.crafter import CrafterConfig, PoisonCrafter
 from facepoison.crafting import craft_store
 from facepoison.data import load_dataset
+from facepoison.defenses.table import defense_markdown, defense_table, worst_sentence
 from facepoison.losses import target_gradient
 from facepoison.objectives import create_objective
 from facepoison.provenance import code_revision
@@ -63,6 +77,7 @@ class BenchmarkConfig:
     time_budget_s: float | None = None
     ratio_steps: int = 4
     ratio_trials: int = 5
+    defenses: tuple[DefenseSpec, ...] = ()
 
 
 def machine_name(device: torch.device) -> str:
@@ -205,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         return path
 
     sets = [("clean", None, None)] + [(f"{o}_{e:g}", o, float(e)) for o, e in cfg.poisons]
-    for seed in cfg.victim_seeds:
+    for spec in cfg.defenses:
+        spec.build()  # a bad defense fails before any victim
+    runs = [(seed, None) for seed in cfg.victim_seeds] + [(cfg.victim_seeds[0], spec) for spec in cfg.defenses]
+    for seed, defense in runs:
         for name, objective, eps in sets:
-            key = f"{name}/seed{int(seed)}"
+            tag = f"/{defense.key}" if defense else ""
+            key = f"{name}{tag}/seed{int(seed)}"
             if key in results["victims"]:
                 continue
             if over_budget():
@@ -217,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             poisons = str(ensure_poisons(objective, eps)) if objective else None
             vic_cfg = TrainCommandConfig(data=data_cfg, model=cfg.model,
                                          train=dataclasses.replace(cfg.victim, seed=int(seed)),
-                                         poisons=poisons, device=str(device))
-            out = run_dir / f"victim_{name}_s{int(seed)}.pt"
+                                         poisons=poisons, device=str(device), defense=defense)
+            out = run_dir / f"victim_{name}{tag.replace('/', '_')}_s{int(seed)}.pt"
             meta = train_checkpoint(vic_cfg, train, test, out, device, fresh=not out.with_name(
                 out.name + ".resume.pt").exists())
-            results["victims"][key] = {"test_accuracy": meta["test_accuracy"], "train_seconds": meta["train_seconds"]}
+            results["victims"][key] = {"test_accuracy": meta["test_accuracy"], "train_seconds": meta["train_seconds"],
+                                       "train_accuracy": meta["train_accuracy"]}
             out.unlink()  # keep the run folder small; the accuracy is what the report needs
             save()
             log.info("victim %s: %.4f", key, meta["test_accuracy"])
@@ -231,15 +251,41 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report or f"docs/results/{cfg.name}.md")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_report(results, args.config))
+    report.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(report.read_text())
     return 0
+
+
+def defenses_markdown(results: dict) -> list[str]:
+    """The Defenses section: per poisoned set and defense, the victim's test accuracy and the retained protection."""
+    specs = [DefenseSpec(d["name"], d.get("params") or {}, d.get("title")) for d in results["config"].get("defenses")
+             or []]
+    if not specs:
+        return []
+    first = int(results["config"]["victim_seeds"][0])
+    acc: dict[tuple[str, str | None], list[float]] = {}
+    for key, rec in results["victims"].items():
+        parts = key.split("/")
+        name, defense = parts[0], parts[1] if len(parts) == 3 else None
+        acc.setdefault((name, defense), []).append(rec["test_accuracy"])
+    poisoned = [f"{o}_{e:g}" for o, e in results["config"]["poisons"]]
+    table = defense_table(poisoned, {p: p for p in poisoned}, [(d.key, d.label) for d in specs],
+                          lambda k: statistics.mean(acc[k]) if acc.get(k) else None)
+    results["defenses"] = table
+    return ["", "## Defenses: how much protection survives", "",
+            f"Test accuracy (%) of victims trained with each defense (seed {first}) on the clean set and on each "
+            "poisoned set; \"no defense\" is the mean over the victim seeds. The drop is the defended clean victim's "
+            "accuracy minus the defended poisoned victim's; kept = that drop / the drop without the defense. One "
+            "victim per cell (seed-to-seed spread of the undefended victims above).", "",
+            defense_markdown(table, "accuracy"), "", worst_sentence(table, "accuracy")]
 
 
 def render_report(results: dict, config_path: str) -> str:
     cfg = results["config"]
     by_set: dict[str, list[float]] = {}
     for key, rec in results["victims"].items():
-        by_set.setdefault(key.split("/")[0], []).append(rec["test_accuracy"])
+        if key.count("/") == 1:  # undefended victims (defended ones are "set/defense/seed")
+            by_set.setdefault(key.split("/")[0], []).append(rec["test_accuracy"])
     clean = statistics.mean(by_set["clean"]) if "clean" in by_set else None
     lines = [
         f"# CIFAR-10 benchmark: `{cfg['name']}`",
@@ -278,6 +324,7 @@ def render_report(results: dict, config_path: str) -> str:
         lines += ["", "| poison set | crafting seconds | image-steps/s |", "|---|---|---|"]
         for name, rep in crafting.items():
             lines.append(f"| {name} | {rep['craft_seconds']:.0f} | {rep['image_steps_per_s'] or '—'} |")
+    lines += defenses_markdown(results)
     if results.get("skipped"):
         lines += ["", f"Skipped for lack of time: {', '.join(results['skipped'])}."]
     lines += ["", f"Total wall time: {results.get('total_seconds', 0) / 60:.1f} min.", ""]

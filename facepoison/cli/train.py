@@ -1,5 +1,5 @@
 """``facepoison train DATA --out CKPT``: train a classifier or a CosFace face recognizer (surrogate or
-victim), optionally with a poison store applied on top of the training images.
+victim), optionally with a poison store applied on top of the training images and a defense (``--defense``).
 
 DATA is an ImageFolder tree or cifar-10-batches-py folder (classification), or a face set from
 ``facepoison prepare`` (FACES.h5: CosFace recognizer, restricted to ``--identities FILE`` if given).
@@ -8,12 +8,13 @@ DATA is an ImageFolder tree or cifar-10-batches-py folder (classification), or a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from facepoison.cli.common import EXIT_OK, add_common, progress_bars, run_command
-from facepoison.config import TrainCommandConfig, load_config
+from facepoison.config import DefenseSpec, TrainCommandConfig, load_config
 from facepoison.data import has_split, load_dataset
 from facepoison.runtime import check_output_file, init_distributed
 from facepoison.store import load_store
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset-seed", type=int)
     p.add_argument("--image-size", type=int, help="resize and centre-crop images to this size")
     p.add_argument("--poisons", help="poison store (STORE.h5) to apply on top of the training images")
+    p.add_argument("--defense", help="train as a defending scraper would, e.g. jpeg:quality=75, resize:size=64, "
+                   "grayscale, blur:sigma=1, noise:sigma=8, median, iss, cutout, mixup, cutmix, adv_train:eps=8, "
+                   "dp_sgd:clip=1,noise_multiplier=0.01, victim_arch:name=resnet50 (NAME[:KEY=VALUE,...])")
     p.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast on CUDA")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     add_common(p)
@@ -61,6 +65,10 @@ def resolve_config(args: argparse.Namespace) -> TrainCommandConfig:
 def run(args: argparse.Namespace) -> int:
     """Check data, output and poisons, then train and print the checkpoint's summary as JSON."""
     cfg = resolve_config(args)
+    if args.defense:
+        cfg = dataclasses.replace(cfg, defense=DefenseSpec.parse(args.defense))
+    if cfg.defense:
+        cfg.defense.build()  # an unknown defense or parameter fails here, before anything is read
     out = Path(args.out)
     data = load_data(cfg.data)  # the data is checked first: a missing folder is the first thing reported
     check_output_file(out, [cfg.data.root], args.overwrite)

@@ -10,6 +10,9 @@ Two kinds, declared by each defense's ``kind``:
   ``"gradient"`` (``defense(model.parameters(), batch_size, generator)`` after ``backward``, before the optimizer
   step, see :func:`clip_and_noise_`) or ``"arch"`` (a record naming the victim architecture, nothing to call).
 
+:mod:`facepoison.defenses.use` puts either kind to work on a victim's training run (``facepoison train --defense``,
+the ``defenses:`` key of the experiment).
+
 Example:
     >>> stored = apply_data_defense(create_defense("jpeg", quality=75), images_u8)  # doctest: +SKIP
     >>> mix = create_defense("mixup", alpha=1.0)  # doctest: +SKIP
@@ -26,6 +29,13 @@ from facepoison.defenses.data import *  # noqa: F403  (the data defenses and the
 from facepoison.defenses.data import DataDefense
 from facepoison.defenses.training import *  # noqa: F403  (the training defenses)
 from facepoison.defenses.training import AdversarialTraining, BatchDefense, GradientClipNoise, VictimArch
+from facepoison.defenses.use import (  # noqa: F401  (re-exported)
+    InMemoryImages,
+    defended_dataset,
+    defended_model,
+    materialize,
+    training_hooks,
+)
 
 Defense = DataDefense | BatchDefense | AdversarialTraining | GradientClipNoise | VictimArch
 """Any registered defense; ``kind`` (and, for ``"train"``, ``hook``) says how to use it."""

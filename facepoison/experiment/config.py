@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facepoison.config import MinMinOptions, ModelConfig
+from facepoison.config import DefenseSpec, MinMinOptions, ModelConfig
 from facepoison.crafter import CrafterConfig
 from facepoison.errors import UsageError
 from facepoison.protect.surrogate import IDENTITY_MODES
@@ -112,6 +112,13 @@ class ExperimentConfig:
             its best epoch too (what a scraper with a validation set keeps); 0: the last epoch only.
         quality_faces: poisoned faces whose SSIM, PSNR and CIEDE2000 are measured per set.
         protect: the protect path.
+        defenses: each trains one more victim (first victim seed) on the clean set and on each defended set, with
+            a defense a platform or scraper could use; the report's Defenses table gives the retained protection
+            and the worst case (see :mod:`facepoison.defenses.table`).
+        defended: the poison runs (by name, e.g. ``error_min_identity_resnet18_eps8``) the defenses are tried on;
+            empty: every poison run.
+        stage_dir: the folder under ``run_dir`` that caches the stages (default ``name``): another experiment's,
+            to reuse its surrogates, poisons and victims.
         lfw, lfw_pairs, bins: optional extra verification benchmarks.
         figure_faces: rows of the figure of clean and poisoned faces.
         device: ``auto``, ``cpu``, ``cuda``.
@@ -139,6 +146,9 @@ class ExperimentConfig:
     eval_every: int = 0
     quality_faces: int = 256
     protect: ProtectStage = field(default_factory=ProtectStage)
+    defenses: tuple[DefenseSpec, ...] = ()
+    defended: tuple[str, ...] = ()
+    stage_dir: str | None = None
     lfw: str | None = None
     lfw_pairs: str | None = None
     bins: Mapping[str, str] = field(default_factory=dict)
@@ -212,5 +222,14 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
     missing = sorted(used - set(cfg.surrogates))
     if missing:
         raise UsageError(f"poison runs name surrogates missing from surrogates: {', '.join(missing)}")
+    keys = [spec.key for spec in cfg.defenses]
+    for spec in cfg.defenses:
+        spec.build()  # an unknown defense or parameter fails before any stage
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"defenses lists the same defense twice: {', '.join(keys)}")
+    unknown = sorted(set(cfg.defended) - {run.name for run in cfg.poisons})
+    if unknown:
+        raise UsageError(f"defended names unknown poison runs: {', '.join(unknown)}; valid: "
+                         f"{', '.join(run.name for run in cfg.poisons)}")
     check_inputs(cfg)
     return modes

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from facepoison.config import to_dict
+from facepoison.config import DefenseSpec, to_dict
 from facepoison.errors import UsageError
 from facepoison.evaluation import FaceEvaluation, evaluate_faces, identify
 from facepoison.experiment.config import ExperimentConfig, PoisonRun, check_config
@@ -83,18 +83,24 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     victims: list[tuple[str, Path, dict]] = []
 
     def train_victims(name: str, label: str, info: dict, data, folder: Path, poisons: Path | None = None,
-                      stem: str | None = None) -> None:
-        """One victim per seed of the set ``name`` (and its best epoch when ``eval_every``), added to ``victims``."""
-        for seed in cfg.victim_seeds:
+                      stem: str | None = None, defense: DefenseSpec | None = None) -> None:
+        """One victim per seed of the set ``name`` (and its best epoch when ``eval_every``), added to ``victims``;
+        with a ``defense``, one victim (the first seed), evaluated at its best epoch only when ``eval_every``."""
+        for seed in cfg.victim_seeds if defense is None else cfg.victim_seeds[:1]:
             train = dataclasses.replace(cfg.victim_train, seed=seed)
-            vkey = key(to_dict(cfg.victim), to_dict(train), ids_key, *([cfg.eval_every] if cfg.eval_every else []))
-            tag = f" · seed {seed}" if len(cfg.victim_seeds) > 1 else ""
-            stem_ = stem or name
+            vkey = key(to_dict(cfg.victim), to_dict(train), ids_key, *([cfg.eval_every] if cfg.eval_every else []),
+                       *([to_dict(defense)] if defense else []))
+            tag = f" · seed {seed}" if len(cfg.victim_seeds) > 1 and defense is None else ""
+            tag += f" · {defense.label}" if defense else ""
+            stem_ = (stem or name) + (f"-{defense.key}" if defense else "")
             out = folder / (f"{stem_}-{vkey}.pt" if poisons is None else f"{stem_}-{key(vkey, poisons.name)}.pt")
             st.train(f"victim {name}{tag}", cfg.victim, train, data, out, poisons=poisons,
-                     epoch_eval=heldout_top1(ident, st.device) if cfg.eval_every else None, eval_every=cfg.eval_every)
-            base = {**info, "set": name, "base_label": label, "seed": seed}
-            victims.append((label + tag, out, {**base, "epoch": "last"}))
+                     epoch_eval=heldout_top1(ident, st.device) if cfg.eval_every else None, eval_every=cfg.eval_every,
+                     defense=defense)
+            base = {**info, "set": name, "base_label": label, "seed": seed,
+                    **({"defense": defense.key, "defense_label": defense.label} if defense else {})}
+            if defense is None or not cfg.eval_every:
+                victims.append((label + tag, out, {**base, "epoch": "last"}))
             if cfg.eval_every:
                 best = out.with_name(out.stem + ".best.pt")
                 victims.append((label + tag + " · best", best, {**base, "epoch": "best"}))
@@ -103,6 +109,13 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     for name, (run, store) in stores.items():
         train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
                       st.root / "victims", poisons=store)
+    defended = [name for name, (run, _) in stores.items() if not cfg.defended or name in cfg.defended]
+    for spec in cfg.defenses:  # one more victim per defense on the clean set and on each defended set
+        train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims", defense=spec)
+        for name in defended:
+            run, store = stores[name]
+            train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
+                          st.root / "victims", poisons=store, defense=spec)
     for mode in modes:
         suffix = f" ({mode})" if len(modes) > 1 else ""
         folder, faces = st.protect(split, mode, suffix)
@@ -113,7 +126,8 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces),
                                                    "objective": objective}, faces, folder, stem="victim")
     # 6. evaluation
-    eval_dir = st.root / "eval"
+    own = cfg.stage_dir in (None, cfg.name)  # sharing another experiment's stages: keep its evaluation apart
+    eval_dir = st.root / ("eval" if own else f"eval-{cfg.name}")
     t0 = time.perf_counter()
     evaluation = evaluate_faces(FaceEvaluation(
         models=tuple((label, str(path)) for label, path, _ in victims), out=str(eval_dir),
@@ -132,7 +146,8 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         seconds = st.timings.get(f"craft {name}")
         poison_sets[name] = {**st.quality(store, split.release), **crafting_steps(run, store, cfg),
                              "s_per_1k": None if seconds is None else 1000 * seconds / len(split.release)}
-    figure = poisoned_faces_figure(split.release, stores, cfg, st.root / "poisoned_faces.png")
+    figure = poisoned_faces_figure(split.release, stores, cfg,
+                                   st.root / ("poisoned_faces.png" if own else f"poisoned_faces-{cfg.name}.png"))
     result = {
         "config": to_dict(cfg), "config_file": str(config_path), "models": evaluation["models"],
         "protocol": evaluation["protocol"], "release": {"faces": len(split.release),
@@ -142,6 +157,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         "heldout": {"identities": len(split.celeba_heldout), "faces": len(split.heldout)},
         "cfp_eval_folds": split.eval_folds, "timings_s": st.timings, "stages_run": st.ran,
         "poison_sets": poison_sets, "victim_seeds": list(cfg.victim_seeds), "eval_every": cfg.eval_every,
+        "defended": defended,
         "total_wall_s_this_invocation": round(time.perf_counter() - start, 1),
         "machine": evaluation["machine"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "code_revision": code_revision(), "command": f"facepoison experiment {config_path}",

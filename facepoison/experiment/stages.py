@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from facepoison.config import CraftCommandConfig, DataConfig, ModelConfig, TrainCommandConfig, to_dict
+from facepoison.config import CraftCommandConfig, DataConfig, DefenseSpec, ModelConfig, TrainCommandConfig, to_dict
 from facepoison.crafting import craft_store
 from facepoison.errors import UsageError
 from facepoison.experiment.config import ExperimentConfig, PoisonRun
@@ -51,7 +51,7 @@ class Stages:
         self.cfg = cfg
         self.log = log
         self.progress = progress
-        self.root = Path(cfg.run_dir) / cfg.name
+        self.root = Path(cfg.run_dir) / (cfg.stage_dir or cfg.name)
         self.root.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
         self.ran: list[str] = []  # the stages this invocation ran (not found cached)
@@ -114,10 +114,12 @@ class Stages:
 
     # 3. surrogates / 5. victims -------------------------------------------------------------------------
     def train(self, stage: str, model: ModelConfig, train: TrainConfig, data, out: Path,
-              poisons: Path | None = None, epoch_eval: EpochEval | None = None, eval_every: int = 0) -> Path:
-        """A model trained on ``data`` (with ``poisons`` applied) into ``out``."""
+              poisons: Path | None = None, epoch_eval: EpochEval | None = None, eval_every: int = 0,
+              defense: DefenseSpec | None = None) -> Path:
+        """A model trained on ``data`` (with ``poisons`` applied, and ``defense``) into ``out``."""
         cfg = TrainCommandConfig(data=DataConfig(root=str(out)), model=model, train=train,
-                                 poisons=str(poisons) if poisons else None, test_split=None, device=self.cfg.device)
+                                 poisons=str(poisons) if poisons else None, test_split=None, device=self.cfg.device,
+                                 defense=defense)
         out.parent.mkdir(parents=True, exist_ok=True)
 
         def run():
