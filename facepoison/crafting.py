@@ -97,6 +97,10 @@ def craft_store(
              "surrogate_sha256": surrogate_sha, "config": to_dict(cfg), "code_revision": code_revision(),
              "fingerprint": fp, "classes": data.classes}
     bound = int(round(cfg.craft.eps))
+    if todo and objective.dataset_level and not objective.optimizes:  # one drawn pattern per identity
+        if rank == 0:
+            crafted, craft_seconds = _draw_identity_patterns(cfg, objective, data, out, attrs, bound)
+        todo = []
     if todo and objective.dataset_level:  # the min-min loop needs the whole set at once: rank 0 crafts it all
         if rank == 0:
             crafted, craft_seconds, attrs["min_min"] = _craft_min_min(cfg, objective, data, model, device, out,
@@ -138,6 +142,27 @@ def discard_partial(out: Path) -> None:
     """Remove a store and every part file of an earlier run (``--overwrite``)."""
     for p in [Path(out), *part_paths(Path(out), include_tmp=True)]:
         p.unlink(missing_ok=True)
+
+
+def _draw_identity_patterns(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet, out: Path,
+                            attrs: dict[str, Any], bound: int) -> tuple[int, float]:
+    """Each face's identity pattern (:func:`facepoison.shortcuts.patterns`), chroma-limited and quantized, into the
+    store."""
+    from facepoison.losses import limit_chroma
+    from facepoison.shortcuts import patterns
+
+    t0 = time.perf_counter()
+    eps = cfg.craft.eps / 255
+    writer = StoreWriter(out, data.ids.numpy(), tuple(data.sample_shape), cfg.batch_size, bound, attrs, 0)
+    try:
+        for k in range(num_chunks(len(data), cfg.batch_size)):
+            positions = range(k * cfg.batch_size, min(len(data), (k + 1) * cfg.batch_size))
+            images_u8, labels = data.get_batch(positions)
+            delta = limit_chroma(patterns(labels.tolist(), data.sample_shape, eps, cfg.craft.seed), cfg.craft.chroma)
+            writer.write(k, positions, quantize_delta(delta, images_u8, eps), 0.0)
+    finally:
+        writer.close()
+    return len(data), time.perf_counter() - t0
 
 
 def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet, model: nn.Module,

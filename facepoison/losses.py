@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recognition.heads import CosFaceHead
+
 LogitsFn = Callable[[Tensor, Tensor], Tensor]
 """Maps (images, labels) to logits. Labels are passed so margin heads (CosFace) can use them."""
 
@@ -223,3 +225,38 @@ def total_variation(x: Tensor) -> Tensor:
     dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
     dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
     return dh + dw
+
+
+def is_face_recognizer(model: nn.Module) -> bool:
+    """True for a backbone + CosFace head model (anything whose ``.head`` is a :class:`CosFaceHead`)."""
+    return isinstance(getattr(model, "head", None), CosFaceHead)
+
+
+def model_logits_fn(model: nn.Module, margin: bool = True) -> LogitsFn:
+    """The (images, labels) → logits function crafting sees for ``model``.
+
+    A face recognizer gives its CosFace margin logits s·(cos − m·onehot(y)) (``model.logits``), or the plain
+    scaled cosines s·cos (``model.plain_logits``) when ``margin`` is False; any other model gives ``model(x)``.
+    """
+    if is_face_recognizer(model):
+        return model.logits if margin else model.plain_logits
+    return lambda x, y: model(x)
+
+
+def count_classes(
+    model: nn.Module, logits_fn: LogitsFn, batch: tuple[Tensor, Tensor], device: torch.device | str | None = None
+) -> int:
+    """K, the number of classes: the CosFace head's rows, or else the width of the logits of ``batch`` (one
+    forward in eval mode without gradients; the model's mode is restored)."""
+    if is_face_recognizer(model):
+        return int(model.head.weight.shape[0])
+    images, labels = batch
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(logits_fn(images.to(device), labels.to(device)).shape[1])
+    finally:
+        model.train(was_training)

@@ -20,7 +20,9 @@ gradient a victim would take on the poisoned batch, π(y) = (y + 1) mod K a fixe
   one-pattern-per-identity variant, are :func:`facepoison.unlearnable.craft_error_minimizing`;
 - ``tensorclog``: ‖g‖, gradient vanishing (Shen et al. 2019, "TensorClog: an imperceptible poisoning attack
   on deep neural network applications");
-- ``random``: no optimisation; Δ is ±ε per pixel, uniformly at random (the corners of the ball).
+- ``random``: no optimisation; Δ is ±ε per pixel, uniformly at random (the corners of the ball);
+- ``synthetic_identity``: no optimisation; one random ±ε block pattern per identity, a linearly separable
+  shortcut (Yu et al. 2022, "Availability Attacks Create Shortcuts").
 
 Usage: build by name, ``prepare`` on clean batches (computes the target gradient where one is needed), then
 hand to the crafter with the logits the objective wants::
@@ -39,10 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facepoison.losses import (
+from facepoison.losses import (  # noqa: F401  (is_face_recognizer, model_logits_fn, count_classes: re-exported)
     LogitsFn,
     alignment_loss,
+    count_classes,
     flat_grad,
+    is_face_recognizer,
+    model_logits_fn,
     per_sample_cross_entropy,
     permuted_labels,
     target_gradient,
@@ -50,7 +55,6 @@ from facepoison.losses import (
 )
 from facepoison.registry import Registry
 from facepoison.regularizers import REGULARIZERS  # noqa: F401  (re-exported: the crafter's registries)
-from recognition.heads import CosFaceHead
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 """Clean batches ``(images in [0,1] (B,C,H,W), labels (B,))``."""
@@ -111,22 +115,6 @@ class Objective:
         raise NotImplementedError
 
 
-def is_face_recognizer(model: nn.Module) -> bool:
-    """True for a backbone + CosFace head model (anything whose ``.head`` is a :class:`CosFaceHead`)."""
-    return isinstance(getattr(model, "head", None), CosFaceHead)
-
-
-def model_logits_fn(model: nn.Module, margin: bool = True) -> LogitsFn:
-    """The (images, labels) → logits function crafting sees for ``model``.
-
-    A face recognizer gives its CosFace margin logits s·(cos − m·onehot(y)) (``model.logits``), or the plain
-    scaled cosines s·cos (``model.plain_logits``) when ``margin`` is False; any other model gives ``model(x)``.
-    """
-    if is_face_recognizer(model):
-        return model.logits if margin else model.plain_logits
-    return lambda x, y: model(x)
-
-
 def objective_logits_fn(objective: Objective, model: nn.Module) -> LogitsFn:
     """The logits ``objective`` wants for ``model``: :func:`model_logits_fn` with ``objective.margin``.
 
@@ -135,25 +123,6 @@ def objective_logits_fn(objective: Objective, model: nn.Module) -> LogitsFn:
         >>> fn = objective_logits_fn(objective, recognizer)  # recognizer.plain_logits  # doctest: +SKIP
     """
     return model_logits_fn(model, objective.margin)
-
-
-def count_classes(
-    model: nn.Module, logits_fn: LogitsFn, batch: tuple[Tensor, Tensor], device: torch.device | str | None = None
-) -> int:
-    """K, the number of classes: the CosFace head's rows, or else the width of the logits of ``batch`` (one
-    forward in eval mode without gradients; the model's mode is restored)."""
-    if is_face_recognizer(model):
-        return int(model.head.weight.shape[0])
-    images, labels = batch
-    if device is None:
-        device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(logits_fn(images.to(device), labels.to(device)).shape[1])
-    finally:
-        model.train(was_training)
 
 
 def training_gradient(
@@ -369,16 +338,28 @@ class RandomNoiseObjective(Objective):
         return torch.zeros((), device=images.device)
 
 
+class SyntheticIdentityObjective(Objective):
+    """One fixed random ±ε block pattern per identity, nothing optimised, no surrogate used: a linearly separable
+    shortcut (Yu et al. 2022, "Availability Attacks Create Shortcuts"); see :func:`facepoison.shortcuts.patterns`,
+    which a driver calls to write one pattern per face."""
+
+    name = "synthetic_identity"
+    optimizes = False
+    dataset_level = True
+    classwise = True
+
+    def __init__(self, target: Tensor | None = None, independent: bool = False) -> None:
+        del target, independent
+
+    def loss(self, logits_fn, params, images, labels, create_graph=True):
+        return torch.zeros((), device=images.device)
+
+
 OBJECTIVES: Registry[Objective] = Registry("objective")
-OBJECTIVES.register(AlignmentObjective.name)(AlignmentObjective)
-OBJECTIVES.register(BackboneAlignmentObjective.name)(BackboneAlignmentObjective)
-OBJECTIVES.register(PlainAlignmentObjective.name)(PlainAlignmentObjective)
-OBJECTIVES.register(TargetedAlignmentObjective.name)(TargetedAlignmentObjective)
-OBJECTIVES.register(AdversarialObjective.name)(AdversarialObjective)
-OBJECTIVES.register(ErrorMinimizingObjective.name)(ErrorMinimizingObjective)
-OBJECTIVES.register(IdentityErrorMinimizingObjective.name)(IdentityErrorMinimizingObjective)
-OBJECTIVES.register(TensorClogObjective.name)(TensorClogObjective)
-OBJECTIVES.register(RandomNoiseObjective.name)(RandomNoiseObjective)
+for _cls in (AlignmentObjective, BackboneAlignmentObjective, PlainAlignmentObjective, TargetedAlignmentObjective,
+             AdversarialObjective, ErrorMinimizingObjective, IdentityErrorMinimizingObjective, TensorClogObjective,
+             RandomNoiseObjective, SyntheticIdentityObjective):
+    OBJECTIVES.register(_cls.name)(_cls)
 
 
 def create_objective(name: str, target: Tensor | None = None, independent: bool = False, **options) -> Objective:

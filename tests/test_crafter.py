@@ -94,7 +94,8 @@ def test_bad_config_raises(bad):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="adversarial, alignment, .*random, targeted_alignment, tensorclog"):
+    with pytest.raises(ValueError, match="adversarial, alignment, .*random, synthetic_identity, targeted_alignment, "
+                                         "tensorclog"):
         create_objective("nope")
     with pytest.raises(ValueError, match="l2, ssim, tv"):
         CrafterConfig(regularizers={"l3": 1.0})

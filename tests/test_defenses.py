@@ -349,6 +349,9 @@ def test_noise_std_is_multiplier_times_clip_over_batch_size():
     again = params_with_grads(torch.zeros(20000))
     defense(again, batch_size=10, generator=torch.Generator().manual_seed(0))
     assert torch.equal(params[0].grad, again[0].grad)
+    fixed = params_with_grads(torch.zeros(20000))  # Witches' Brew's setting: the std ignores the batch size
+    create_defense("dp_sgd", clip=2.0, noise_multiplier=1.5, scale_by_batch=False)(fixed, batch_size=10)
+    assert fixed[0].grad.std().item() == pytest.approx(1.5 * 2.0, rel=0.03)
 
 
 def test_victim_arch_is_a_validated_record():

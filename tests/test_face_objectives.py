@@ -21,7 +21,7 @@ from recognition.heads import CosFaceHead, FaceRecognizer
 
 K = 4
 ALL_OBJECTIVES = ["adversarial", "alignment", "alignment_backbone", "alignment_plain", "error_min",
-                  "error_min_identity", "random", "targeted_alignment", "tensorclog"]
+                  "error_min_identity", "random", "synthetic_identity", "targeted_alignment", "tensorclog"]
 ALIGNMENTS = ["alignment", "alignment_backbone", "alignment_plain", "targeted_alignment"]
 
 
@@ -114,8 +114,9 @@ def test_every_objective_builds_without_a_target(name):
     assert isinstance(objective, Objective) and objective.name == name
     assert objective.needs_target == (name in ALIGNMENTS)
     assert objective.margin == (name != "alignment_plain")
-    assert objective.dataset_level == name.startswith("error_min")
-    assert objective.classwise == (name == "error_min_identity")
+    assert objective.dataset_level == (name.startswith("error_min") or name == "synthetic_identity")
+    assert objective.classwise == name.endswith("_identity")
+    assert objective.optimizes == (name not in ("random", "synthetic_identity"))
 
 
 @pytest.mark.parametrize("name", ALIGNMENTS)

@@ -220,12 +220,15 @@ def clip_and_noise_(parameters: Iterable[Tensor], clip: float, noise_multiplier:
 @dataclass(frozen=True)
 class GradientClipNoise:
     """Batch-level DP-SGD-like defense: ``defense(model.parameters(), batch_size, generator)`` runs
-    :func:`clip_and_noise_` with clip norm ``clip`` and ``noise_multiplier``."""
+    :func:`clip_and_noise_` with clip norm ``clip`` and ``noise_multiplier``. ``scale_by_batch=False`` adds noise of
+    std ``noise_multiplier·clip`` whatever the batch size (Witches' Brew's ``--optimization private --gradient_noise``
+    defense, whose strongest setting is clip 1, noise 0.01)."""
 
     kind: ClassVar[str] = "train"
     hook: ClassVar[str] = "gradient"
     clip: float = 1.0
     noise_multiplier: float = 1.0
+    scale_by_batch: bool = True
 
     def __post_init__(self) -> None:
         require(self.clip > 0, f"clip must be > 0, got {self.clip!r}")
@@ -233,7 +236,8 @@ class GradientClipNoise:
 
     def __call__(self, parameters: Iterable[Tensor], batch_size: int,
                  generator: torch.Generator | None = None) -> float:
-        return clip_and_noise_(parameters, self.clip, self.noise_multiplier, batch_size, generator)
+        return clip_and_noise_(parameters, self.clip, self.noise_multiplier, batch_size if self.scale_by_batch else 1,
+                               generator)
 
 
 @DEFENSES.register("victim_arch")
