@@ -328,3 +328,22 @@ def test_identity_wise_default_gives_one_pattern_per_folder(tmp_path, surrogate)
     same = np.abs(deltas[0][0] - deltas[1][0]).mean()
     other = np.abs(deltas[0][0] - deltas[2][0]).mean()
     assert same < 0.5 < other  # pixels (of 8): shared within ann, different for bob
+
+
+def test_synthetic_identity_patterns_are_fixed_per_folder_across_runs(tmp_path, surrogate):
+    """synthetic_identity draws each folder's pattern from its name: the same in every batch and run, another folder's
+    differs, and nothing is crafted."""
+    from facepoison.protect import Protector, ProtectSettings
+
+    base = astronaut().resize((250, 250))
+    protector = Protector(surrogate, ProtectSettings(eps=8, objective="synthetic_identity"), device="cpu")
+    images = [np.asarray(base), np.asarray(base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), np.asarray(base)]
+    first = dict(protector.craft(protector.scan(images), groups=["ann", "ann", "bob"]))
+    again = dict(protector.craft(protector.scan(images[:1]), groups=["ann"]))
+    assert np.array_equal(first[0][0], first[1][0]) and np.array_equal(first[0][0], again[0][0])
+    assert not np.array_equal(first[0][0], first[2][0])
+    assert np.abs(first[0][0]).max() == pytest.approx(8.0)
+    out = tmp_path / "out"
+    assert main(["protect", str(ASTRONAUT), "--out", str(out), "--objective", "synthetic_identity", "-q"]) == 0
+    record = next(iter(manifest(out).values()))
+    assert record["status"] == "protected" and record["objective"] == "synthetic_identity" and record["linf"] <= 8

@@ -123,6 +123,16 @@ def detect_faces(detector, images: list[np.ndarray]) -> list[list]:
             for faces, s in zip(found, scales, strict=True)]
 
 
+def identity_pattern(key: str, eps: float, chroma: float = 1.0) -> np.ndarray:
+    """The ``synthetic_identity`` pattern of the identity named ``key`` (the same key always gives the same one),
+    ``(112, 112, 3)`` float in pixel units, ±``eps`` before the chroma limit (:mod:`facepoison.shortcuts`)."""
+    from facepoison.losses import limit_chroma
+    from facepoison.shortcuts import patterns
+
+    p = limit_chroma(patterns([zlib.crc32(key.encode())], (3, 112, 112), eps / 255, seed=0), chroma)
+    return (p[0] * 255).permute(1, 2, 0).numpy()
+
+
 def to_rgb(image: Image.Image | np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """``(H, W, 3)`` uint8 pixels of a PIL image or a numpy array, and how to turn them back (see :func:`from_rgb`)."""
     if isinstance(image, Image.Image):
@@ -257,6 +267,7 @@ class Protector:
         for i in with_faces:
             offsets[i], k = k, k + len(scans[i].faces)
         queue = [(i, j) for i in with_faces if wanted[i] for j in range(len(scans[i].faces))]
+        drawn = not create_objective(s.objective).optimizes and create_objective(s.objective).classwise
         deltas: dict[int, list[np.ndarray]] = {}
         for batch in self._batches(queue, labels, offsets):
             t0 = time.perf_counter()
@@ -265,8 +276,13 @@ class Protector:
             used = np.unique(face_labels)
             remap = {int(u): n for n, u in enumerate(used)}
             seed = zlib.crc32(f"{s.seed}|{keys[batch[0][0]]}|{batch[0][1]}".encode())
-            out = self.surrogate.craft(faces, centers[used], np.array([remap[int(v)] for v in face_labels]),
-                                       s.eps, s.steps, seed, objective=s.objective, chroma=s.chroma)
+            if drawn:  # one fixed pattern per identity, keyed by its folder (or by the batch's first photo)
+                i, j = batch[0]
+                who = face_groups[offsets[i] + j] if s.identities == "folder" else keys[i]
+                out = [identity_pattern(f"{s.seed}|{who}", s.eps, s.chroma)] * len(batch)
+            else:
+                out = self.surrogate.craft(faces, centers[used], np.array([remap[int(v)] for v in face_labels]),
+                                           s.eps, s.steps, seed, objective=s.objective, chroma=s.chroma)
             share = (time.perf_counter() - t0) / len(batch)
             for (i, _), d in zip(batch, out, strict=True):
                 scans[i].seconds += share
