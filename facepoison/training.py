@@ -8,6 +8,7 @@ and keep its best weights, and writes a self-describing checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 from eval.metrics import top1_accuracy
 from facepoison.config import DataConfig, TrainCommandConfig, to_dict
 from facepoison.data import ImageSet, load_dataset
-from facepoison.defenses.use import defended_dataset, defended_model, training_hooks
+from facepoison.defenses.use import defended_dataset, defended_model, materialize, training_hooks
 from facepoison.errors import UsageError
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.runtime import ProgressFactory, no_progress
@@ -30,6 +31,9 @@ from recognition.faceset import FaceSet
 from recognition.heads import create_recognizer
 from recognition.models import create_model, default_normalization
 from recognition.train import cross_entropy_loss, predict, rank, train_classifier, world_size
+
+IN_MEMORY_BYTES = 4 * 2**30
+"""Training sets up to this many bytes of uint8 pixels are decoded once into memory before training."""
 
 EpochEval = Callable[[nn.Module, int], dict[str, float]]
 """``(model, epoch) -> metrics`` with a ``"score"`` entry (higher is better), e.g. held-out top-1."""
@@ -153,6 +157,8 @@ def train_checkpoint(
                        "objective": poisons.attrs.get("objective"), "poisoned": dataset.num_poisoned}
     if defense is not None and defense.kind == "data":  # stored once as the platform / scraper stores them
         dataset = defended_dataset(dataset, defense, seed=cfg.train.seed)
+    elif len(dataset) * math.prod(data[0][0].shape) <= IN_MEMORY_BYTES:
+        dataset = materialize(dataset)  # decoded (and poisoned) once, not once per epoch; the same uint8 images
     resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
     if resume is not None and resume.get("config") != to_dict(cfg):
         raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")

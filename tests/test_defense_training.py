@@ -186,3 +186,16 @@ def test_bad_defenses_fail_before_any_stage(defended_config, capsys):
         assert main(["experiment", str(path), "-q"]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
         assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_decoding_the_training_set_once_changes_nothing(tmp_path, monkeypatch):
+    """Training sets that fit are decoded into memory once; the model is the one trained from the decoder."""
+    import facepoison.training as training
+
+    faces = write_face_set(tmp_path / "faces.h5")
+    common = ["--width", "4", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "-q"]
+    assert main(["train", str(faces), "--out", str(tmp_path / "memory.pt"), *common]) == 0
+    monkeypatch.setattr(training, "IN_MEMORY_BYTES", 0)
+    assert main(["train", str(faces), "--out", str(tmp_path / "decoded.pt"), *common]) == 0
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["state_dict"] for n in ("memory", "decoded"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
