@@ -1,4 +1,5 @@
-"""scripts/cifar_benchmark.py on a tiny image folder: victims per seed, the defended victims, and the Defenses table."""
+"""scripts/cifar_benchmark.py on a tiny image folder (victims per seed, the defended victims, the Defenses table), and
+scripts/gpu_yardstick.py at tiny sizes on CPU."""
 
 import importlib.util
 import json
@@ -42,3 +43,17 @@ def test_defenses_table_on_a_tiny_set(tmp_path):
     assert "## Defenses" in md and "| clean |" in md and "jpeg (quality=50)" in md
     # the undefended table lists each set once, from its undefended victims only
     assert sum(line.startswith("| clean |") for line in md.splitlines()) == 2  # main table + Defenses table
+
+
+def test_gpu_yardstick_runs_tiny_on_cpu(tmp_path):
+    """scripts/gpu_yardstick.py: the bare loops and facepoison's side by side (tiny sizes, CPU)."""
+    spec = importlib.util.spec_from_file_location("gpu_yardstick", SCRIPT.parent / "gpu_yardstick.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "y.json"
+    assert module.main(["--device", "cpu", "--batch", "4", "--width", "4", "--steps", "1", "--classes", "5",
+                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("train_images_per_s", "craft_image_steps_per_s"):
+        assert result[key]["bare"] > 0 and result[key]["facepoison"] > 0 and result["ratios"][key] > 0
+    assert result["train_precision"] == "float32" and result["device"].endswith("CPU")
