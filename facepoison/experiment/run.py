@@ -38,7 +38,9 @@ def heldout_top1(ident: FaceSet, device) -> EpochEval:
 def crafting_steps(run: PoisonRun, store: Path, cfg: ExperimentConfig) -> dict[str, Any]:
     """What crafting a set took: PGD steps, or the min-min loop's rounds × noise steps (and its surrogate's final
     accuracy on the poisoned set)."""
-    if run.objective == "random":
+    from facepoison.objectives import OBJECTIVES
+
+    if not OBJECTIVES.get(run.objective).optimizes:  # drawn, not crafted (random, synthetic_identity)
         return {"steps": 0}
     from facepoison.store import read_attrs
 
