@@ -155,13 +155,14 @@ def train_checkpoint(
         dataset = PoisonedDataset(data, poisons)
         poison_info = {"path": str(cfg.poisons), "sha256": file_sha256(cfg.poisons), "eps": poisons.attrs.get("eps"),
                        "objective": poisons.attrs.get("objective"), "poisoned": dataset.num_poisoned}
+    # checked before the (possibly long) decoding below
+    resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
+    if resume is not None and resume.get("config") != to_dict(cfg):
+        raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")
     if defense is not None and defense.kind == "data":  # stored once as the platform / scraper stores them
         dataset = defended_dataset(dataset, defense, seed=cfg.train.seed)
     elif len(dataset) * math.prod(data[0][0].shape) <= IN_MEMORY_BYTES:
         dataset = materialize(dataset)  # decoded (and poisoned) once, not once per epoch; the same uint8 images
-    resume = torch.load(resume_path, weights_only=True) if resume_path.exists() else None
-    if resume is not None and resume.get("config") != to_dict(cfg):
-        raise UsageError(f"{resume_path} was made with other settings; pass --overwrite to start over")
     evals: list[dict[str, float]] = list(resume.get("epoch_evals", [])) if resume is not None else []
     steps_per_epoch = len(dataset) // cfg.train.batch_size
     bar = progress(cfg.train.epochs * steps_per_epoch, "train", "step") if rank() == 0 else no_progress(0, "", "")

@@ -170,6 +170,7 @@ def train_classifier(
     if is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     sampler_gen = torch.Generator().manual_seed(cfg.seed)
+    hooks = hooks or TrainHooks()
     for epoch in range(start_epoch, cfg.epochs):
         if is_distributed():
             sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -183,7 +184,6 @@ def train_classifier(
         )
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank())
         hook_gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch * 37 + rank())
-        hooks = hooks or TrainHooks()
         steps = len(loader)
         net.train()
         total, count, t0 = 0.0, 0, time.perf_counter()
