@@ -178,7 +178,8 @@ def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet,
     # the loop's own options as configured, the rest from the crafting settings and the objective
     config = MinMinConfig(**dataclasses.asdict(mm), eps=cfg.craft.eps, batch_size=cfg.batch_size,
                           classwise=objective.classwise, augment=cfg.craft.augment, max_shift=cfg.craft.max_shift,
-                          seed=cfg.craft.seed, chroma=cfg.craft.chroma)
+                          seed=cfg.craft.seed, chroma=cfg.craft.chroma,
+                          precision=cfg.craft.precision)
     bar = progress(mm.max_rounds, "min-min", "round")
     t0 = time.perf_counter()
     result = craft_error_minimizing(

@@ -17,6 +17,7 @@ The batch form of the same loss on a fixed surrogate is the ``error_min`` object
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -61,6 +62,8 @@ class MinMinConfig:
         seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
         chroma: the colour part of the noise kept after every step, in [0, 1] (see
             :func:`facepoison.losses.limit_chroma`).
+        precision: ``float32`` or ``bfloat16`` (bf16 autocast of the surrogate's forward and backward, in the noise
+            steps and the surrogate's steps; the accuracy pass, the noise and the parameters stay float32).
     """
 
     eps: float = 8.0
@@ -77,8 +80,11 @@ class MinMinConfig:
     max_shift: float = 0.125
     seed: int = 0
     chroma: float = 1.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
         if not (0 < self.eps <= 255):
             raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
         if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
@@ -196,6 +202,15 @@ class _MinMin:
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         return self.read(idx), self.labels[idx].to(self.device)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        with self.autocast():
+            return self.loss_fn(self.model, inputs, labels).float()
+
     def poisoned(self, images: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
         """clamp(x + δ, 0, 1), δ the image's noise or its class pattern (differentiable w.r.t. the pattern)."""
         if self.class_delta is not None:
@@ -213,7 +228,7 @@ class _MinMin:
             images, labels = self.batch(idx)
             with torch.no_grad():
                 inputs = self.augment(self.poisoned(images, labels, idx))
-            loss = self.loss_fn(self.model, inputs, labels)
+            loss = self.loss(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -238,7 +253,7 @@ class _MinMin:
         delta = self.delta[idx].to(self.device)
         for _ in range(self.config.noise_steps):
             delta.requires_grad_(True)
-            loss = self.loss_fn(self.model, self.augment((images + delta).clamp(0.0, 1.0)), labels)
+            loss = self.loss(self.augment((images + delta).clamp(0.0, 1.0)), labels)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta = project(delta - self.alpha * grad.sign(), images, self.eps, self.config.chroma)
@@ -248,7 +263,7 @@ class _MinMin:
     def _class_steps(self, images: Tensor, labels: Tensor) -> float:
         for _ in range(self.config.noise_steps):
             pattern = self.class_delta.detach().requires_grad_(True)
-            loss = self.loss_fn(self.model, self.augment((images + pattern[labels]).clamp(0.0, 1.0)), labels)
+            loss = self.loss(self.augment((images + pattern[labels]).clamp(0.0, 1.0)), labels)
             # the gradient w.r.t. Δ_k sums those of the batch's images of class k; classes absent get 0 (no step)
             (grad,) = torch.autograd.grad(loss, pattern)
             with torch.no_grad():
@@ -263,6 +278,7 @@ class _MinMin:
         correct = 0
         for idx in self.batches:
             images, labels = self.batch(idx)
+            # float32: bf16 cosines tie often enough to misstate the accuracy the loop stops on
             correct += int((self.model(self.poisoned(images, labels, idx)).argmax(1) == labels).sum())
         return correct / len(self.labels)
 

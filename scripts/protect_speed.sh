@@ -3,12 +3,14 @@
 #   - ~100 single-face 250×250 thumbnails (5 CelebA-wild identities, ../shared/data/faces/celeba_wild);
 #   - the group photos of ../shared/data/photos/group.
 # Usage: bash scripts/protect_speed.sh [OUT_DIR] [extra protect options, e.g. --device cuda]
+# PROTECT_SPEED_IDS=N takes N identities (release lines 205-N..204) instead of 5 (about 20 thumbnails each; a GPU
+# needs more to time).
 set -euo pipefail
 OUT=${1:-runs/protect_speed}
 shift || true
 DATA=${FACEPOISON_DATA:-../shared/data}
 rm -rf "$OUT"
-ids=$(grep -v '^#' docs/results/splits/celeba_release.txt | sed -n '200,204p' | sed "s|^|$DATA/faces/celeba_wild/|")
+ids=$(grep -v '^#' docs/results/splits/celeba_release.txt | sed -n "$((205 - ${PROTECT_SPEED_IDS:-5})),204p" | sed "s|^|$DATA/faces/celeba_wild/|")
 # shellcheck disable=SC2086
 facepoison protect $ids --out "$OUT/thumbnails" -q "$@" > "$OUT.thumbnails.json"
 facepoison protect "$DATA/photos/group" --out "$OUT/group" -q "$@" > "$OUT.group.json"

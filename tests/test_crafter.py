@@ -164,3 +164,30 @@ def test_craft_dataset_chunks_replay_exactly(tiny_model):
         assert c.delta.dtype == torch.int16 and c.delta.abs().max() <= 8
         clean = images[c.positions.start : c.positions.stop].to(torch.int16)
         assert (clean + c.delta).min() >= 0 and (clean + c.delta).max() <= 255
+
+
+def test_bfloat16_crafting_stays_in_the_ball_and_near_float32(tiny_model, tiny_batch):
+    """bf16 autocast of the forward and the double backward: Δ stays within ε ∩ [0, 1], and the crafted Δ reaches
+    an alignment loss (measured in float32) within 0.05 of float32 crafting's from the same start, on a tiny
+    model; a float32-identical result would mean autocast never ran, so the two must differ a little."""
+    x, y = tiny_batch
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        crafter = make_crafter(tiny_model, tiny_batch, eps=16, steps=15, augment="none", precision=precision)
+        results[precision] = crafter(x, y, generator=torch.Generator().manual_seed(0))
+    bf16 = results["bfloat16"].delta
+    assert bf16.dtype == torch.float32
+    assert bf16.abs().max() <= 16 / 255 + 1e-6
+    assert (x + bf16).min() >= 0 and (x + bf16).max() <= 1
+    fp32_crafter = make_crafter(tiny_model, tiny_batch, eps=16, steps=0, augment="none")
+    loss32 = fp32_crafter.final_loss(x, y, results["float32"].delta)
+    loss16 = fp32_crafter.final_loss(x, y, bf16)
+    start = fp32_crafter.final_loss(x, y, torch.zeros_like(x))
+    assert loss16 < start - 0.05
+    assert abs(loss16 - loss32) < 0.05
+    assert not torch.equal(bf16, results["float32"].delta)
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="precision"):
+        CrafterConfig(precision="float16")

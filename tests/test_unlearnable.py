@@ -185,3 +185,21 @@ def test_default_loss_is_the_cosface_margin_loss_for_faces(data):
     torch.testing.assert_close(default_loss(model, x, y), F.cross_entropy(model(x, y), y))
     generic = linear_model()
     torch.testing.assert_close(default_loss(generic, x, y), F.cross_entropy(generic(x), y))
+
+
+def test_bfloat16_min_min_lowers_the_loss_and_stays_feasible(data):
+    """bf16 autocast of the loop: the noise stays float32 and inside the ε-ball ∩ [0, 1], the loop still drives the
+    face surrogate's loss on the poisons down, and the result differs from float32's (autocast ran). On this tiny
+    net bf16 fits more slowly than float32 (10 rounds, not 6), so the GPU configs keep float32 for the loop."""
+    x, y = data
+    runs = {p: craft_error_minimizing(face_model().eval(), x, y, K,
+                                      config(classwise=True, lr=0.05, max_rounds=10, precision=p))
+            for p in ("float32", "bfloat16")}
+    bf16 = runs["bfloat16"]
+    assert bf16.delta.dtype == torch.float32
+    assert_feasible(bf16.delta, x)
+    assert bf16.history[-1].noise_loss < bf16.history[0].noise_loss / 2
+    assert bf16.train_accuracy > 0.5
+    assert not torch.equal(bf16.delta, runs["float32"].delta)
+    with pytest.raises(ValueError, match="precision"):
+        config(precision="float16")

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float, help="Adam step as a fraction of eps (default 0.5)")
     p.add_argument("--augment", help="crafting augmentation: shift_flip (default), flip, none")
     p.add_argument("--chroma", type=float, help="colour part of the perturbation kept, 0..1 (default 1)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"],
+                   help="float32 (default) or bfloat16 autocast of the surrogate's double backward (GPU speed)")
     p.add_argument("--reg", action="append", metavar="NAME=WEIGHT",
                    help="regularizer with weight, repeatable: l2, ssim, tv (e.g. --reg ssim=0.1)")
     p.add_argument("--target-fraction", type=float, help="fraction of the set that estimates the target (0.1)")
@@ -77,7 +79,8 @@ def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
         "data.image_size": args.image_size, "surrogate": args.surrogate, "objective": args.objective,
         "craft.eps": parse_eps(args.eps) if args.eps is not None else None, "craft.steps": args.steps,
         "craft.restarts": args.restarts, "craft.independent": args.independent, "craft.step_size": args.step_size,
-        "craft.augment": args.augment, "craft.chroma": args.chroma, "craft.regularizers": parse_regs(args.reg),
+        "craft.augment": args.augment, "craft.chroma": args.chroma, "craft.precision": args.precision,
+        "craft.regularizers": parse_regs(args.reg),
         "craft.seed": args.seed,
         "target_fraction": args.target_fraction, "target_samples": args.target_samples,
         "batch_size": args.batch_size, "device": args.device,

@@ -140,7 +140,10 @@ class Stages:
                                  surrogate=str(surrogate) if surrogate else "",
                                  target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,
                                  min_min=self.cfg.min_min, device=self.cfg.device)
-        out = self.root / "poisons" / f"{run.name}-{key(to_dict(cfg), str(surrogate))}.h5"
+        settings = to_dict(cfg)
+        if settings["craft"].get("precision") == "float32":
+            del settings["craft"]["precision"]  # added later: float32 keeps the keys of stages cached before it
+        out = self.root / "poisons" / f"{run.name}-{key(settings, str(surrogate))}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
 
         def go():
