@@ -17,11 +17,11 @@ printf '#!/bin/sh\nexec python3 -m facepoison "$@"\n' > /tmp/bin/facepoison; chm
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/gpu.txt"
 y() { timeout 120 python3 scripts/gpu_yardstick.py "$@" 2>&1 | tail -n 4; }
-y --steps 20 --profile --out "$OUT/yardstick_faces.json"
-y --steps 20 --craft-bf16 --profile --out "$OUT/yardstick_faces_bf16.json"
+y --steps 10 --profile --out "$OUT/yardstick_faces.json"
+y --steps 10 --craft-bf16 --profile --out "$OUT/yardstick_faces_bf16.json"
 y --preset cifar --batch 500 --steps 20 --out "$OUT/yardstick_cifar.json"
 y --preset cifar --batch 500 --steps 20 --craft-bf16 --out "$OUT/yardstick_cifar_bf16.json"
-PROTECT_SPEED_IDS=40 FACEPOISON_DATA=.gpu/speed/data timeout 200 bash scripts/protect_speed.sh /tmp/ps --device cuda \
+PROTECT_SPEED_IDS=40 FACEPOISON_DATA=.gpu/speed/data timeout 150 bash scripts/protect_speed.sh /tmp/ps --device cuda \
   > "$OUT/protect_speed_gpu.json" 2> "$OUT/protect_speed_gpu.log"
 echo "protect exit $?"; tail -n 5 "$OUT/protect_speed_gpu.log"; cat "$OUT/protect_speed_gpu.json"
 python3 - "$OUT" <<'PY'
