@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_train_s = history[0]["seconds"] / (args.steps + 1)
 
     model.eval()
-    target = target_gradient(model, [(x, y)], device=device, logits_fn=logits)
+    target = target_gradient(model, [(x, y)], device=device, logits_fn=logits).to(device)
     params = trainable_parameters(model)
     delta = torch.zeros_like(x, requires_grad=True)
     craft_cast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.craft_bf16 \
