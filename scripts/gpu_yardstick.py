@@ -35,6 +35,7 @@ from facepoison.crafter import CrafterConfig, PoisonCrafter
 from facepoison.defenses.use import InMemoryImages
 from facepoison.losses import alignment_loss, flat_grad, target_gradient, trainable_parameters
 from facepoison.objectives import create_objective
+from facepoison.runtime import resolve_device
 from recognition.heads import create_recognizer
 from recognition.models import create_model
 from recognition.train import TrainConfig, make_optimizer, train_classifier
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         "steps of the bare loops")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # on CUDA also cuDNN autotuning and TF32, as facepoison's commands run
     amp = device.type == "cuda"
     torch.manual_seed(0)
     faces = args.preset == "faces"
