@@ -160,9 +160,13 @@ def test_shipped_face_configs_parse():
     from facepoison.experiment import ExperimentConfig, protect_modes
 
     root = Path(__file__).resolve().parent.parent / "configs"
-    for name in ("faces_cpu.yaml", "faces_gpu.yaml"):
-        cfg = load_config(ExperimentConfig, root / name, {})
-        assert len(cfg.poisons) == 8 and {"resnet18", "resnet50"} <= set(cfg.surrogates)
+    cfg = load_config(ExperimentConfig, root / "faces_cpu.yaml", {})
+    assert len(cfg.poisons) == 8 and {"resnet18", "resnet50"} <= set(cfg.surrogates)
+    gpu = load_config(ExperimentConfig, root / "faces_gpu.yaml", {})
+    gpu16 = load_config(ExperimentConfig, root / "faces_gpu16.yaml", {})
+    assert gpu.surrogates["resnet18"].width == 64 and gpu.data.faces_per_identity is None
+    assert gpu16.stage_dir == gpu.name and gpu16.poisons[: len(gpu.poisons)] == gpu.poisons
+    assert [(p.objective, p.eps) for p in gpu16.poisons][-1] == ("error_min_identity", 16.0)
     assert protect_modes(load_config(ExperimentConfig, root / "faces_cpu.yaml", {}).protect) == ["folder", "auto",
                                                                                                  "single"]
     wide = load_config(ExperimentConfig, root / "faces_cpu_wide.yaml", {})
