@@ -8,8 +8,12 @@ atomically and gets a manifest line at once, so a killed run resumes where it st
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,9 @@ from recognition.atomic import atomic_path, remove_stale_temporaries
 
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".jfif"}
 SCAN_CHUNK = 16  # photos decoded and detected together
+# threads that finish photos (decode, paste back, encode, write, bound and quality checks) while the main thread
+# detects and crafts the next ones; host work that a GPU run otherwise waits on photo by photo
+FINISH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -111,15 +118,20 @@ def _jpeg_roundtrip_linf(photo, quality_: int) -> int:
 class PhotoFolderRun:
     """One run over photo files: scan each group, craft through the protector, write each photo as it completes.
 
+    Photos are finished (read, perturbation pasted back, encoded, written, checked) by ``workers`` threads while the
+    main thread detects and crafts the next ones; records still come out in the order of the photos.
+
     Args:
         protector: configured with the run's settings (format, metadata and no-face handling included).
         out_dir: the output folder; each photo goes to ``out_dir / item.rel`` (suffix changed with its format).
+        workers: finishing threads (default :data:`FINISH_WORKERS`); 1 finishes each photo before the next.
     """
 
-    def __init__(self, protector: Protector, out_dir: Path) -> None:
+    def __init__(self, protector: Protector, out_dir: Path, workers: int | None = None) -> None:
         self.protector = protector
         self.s = protector.settings
         self.out_dir = out_dir
+        self.workers = workers or FINISH_WORKERS
 
     def record(self, item: Item, status: str, faces: int, seconds: float, **extra) -> dict:
         """The manifest line of one photo: path, status, faces, ε, seconds, surrogate hash, and ``extra``."""
@@ -127,11 +139,31 @@ class PhotoFolderRun:
                 "chroma": self.s.chroma, "seconds": round(seconds, 3),
                 "surrogate_sha256": self.protector.surrogate.sha256, **extra}
 
-    def run(self, groups: list[list[Item]], todo: set[str]):
-        """Yield one manifest record per photo of ``todo`` as each one finishes."""
-        for group in groups:
-            if any(item.rel in todo for item in group):
-                yield from self._group(group, todo)
+    def run(self, groups: list[list[Item]], todo: set[str]) -> Iterator[dict]:
+        """Yield one manifest record per photo of ``todo``, in photo order, as soon as it and those before it are
+        finished."""
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="protect-finish")
+        pending: deque[dict | Future] = deque()
+
+        def ready() -> bool:
+            return bool(pending) and (not isinstance(pending[0], Future) or pending[0].done())
+
+        def take() -> dict:
+            head = pending.popleft()
+            return head.result() if isinstance(head, Future) else head
+
+        try:
+            for group in groups:
+                if not any(item.rel in todo for item in group):
+                    continue
+                for rec in self._group(group, todo, pool):
+                    pending.append(rec)
+                    while ready() or len(pending) > 4 * self.workers:
+                        yield take()
+            while pending:
+                yield take()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _scan(self, group: list[Item]) -> tuple[list[FaceScan], list[str]]:
         scans, errors = [], []
@@ -155,7 +187,7 @@ class PhotoFolderRun:
                 errors.append(err)
         return scans, errors
 
-    def _group(self, group: list[Item], todo: set[str]):
+    def _group(self, group: list[Item], todo: set[str], pool: ThreadPoolExecutor) -> Iterator[dict | Future]:
         # Finished photos of the group are scanned too: the imprinted identity is the same on a resumed run.
         scans, errors = self._scan(group)
         for item, scan, err in zip(group, scans, errors, strict=True):
@@ -167,7 +199,7 @@ class PhotoFolderRun:
                 yield self._no_face(item, scan)
         wanted = [it.rel in todo and not err for it, err in zip(group, errors, strict=True)]
         for i, deltas in self.protector.craft(scans, [it.group for it in group], wanted, [it.rel for it in group]):
-            yield self._finish(group[i], scans[i], deltas)
+            yield pool.submit(self._finish, group[i], scans[i], deltas)
 
     def _no_face(self, item: Item, scan: FaceScan) -> dict:
         t0 = time.perf_counter()
