@@ -360,6 +360,7 @@ def test_finishing_threads_give_the_same_files_and_records_in_order(photos, surr
         out = tmp_path / f"w{workers}"
         main(["protect", str(photos), "--out", str(out), "--surrogate", str(surrogate), "--steps", "2", "-q"])
         lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-        outs[workers] = ([(r["path"], r["status"]) for r in lines], tree_hashes(out / "alice"), tree_hashes(out / "bob"))
+        records = [(r["path"], r["status"]) for r in lines]
+        outs[workers] = (records, tree_hashes(out / "alice"), tree_hashes(out / "bob"))
     assert outs[1] == outs[3]
     assert any(status == "protected" for _, status in outs[1][0])
