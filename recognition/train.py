@@ -134,6 +134,7 @@ def train_classifier(
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     hooks: TrainHooks | None = None,
+    channels_last: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``dataset`` in place.
 
@@ -148,12 +149,17 @@ def train_classifier(
             holds the model, optimizer and history (pass it back as ``resume``).
         progress: called as ``progress(step, steps_per_epoch, loss)`` after each step (rank 0 only).
         hooks: changes to every step (:class:`TrainHooks`), e.g. a training-time defense.
+        channels_last: train in the channels-last memory format (NHWC: cuDNN's bf16 kernels avoid layout
+            transposes); the model is back in the default format when training ends. Off by default: measured only
+            by ``scripts/gpu_yardstick.py --channels-last`` so far. For GPUs: on CPU, torch 2.14.1's backward of the
+            face backbone's blocks crashes (segmentation fault) in this layout.
 
     Returns:
         One record per epoch: mean loss, images/s, seconds.
     """
     device = torch.device(device)
-    model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -193,6 +199,8 @@ def train_classifier(
             images = images.to(device, non_blocking=True).float().div_(255)
             labels = labels.to(device, non_blocking=True)
             images = random_shift_flip(images, cfg.crop_padding, cfg.flip, aug_gen)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             autocast = (
                 torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
                 else contextlib.nullcontext()
@@ -222,6 +230,8 @@ def train_classifier(
         if on_epoch_end is not None and rank() == 0:
             on_epoch_end(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "history": history, "epoch": epoch})
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return history
 
 

@@ -19,6 +19,7 @@ printf '#!/bin/sh\nexec python3 -m facepoison "$@"\n' > /tmp/bin/facepoison; chm
 y() { timeout 120 python3 scripts/gpu_yardstick.py "$@" 2>&1 | tail -n 4; }
 y --steps 10 --profile --out "$OUT/yardstick_faces.json"
 y --steps 10 --craft-bf16 --profile --out "$OUT/yardstick_faces_bf16.json"
+y --steps 10 --channels-last --out "$OUT/yardstick_faces_cl.json"
 y --preset cifar --batch 500 --steps 20 --out "$OUT/yardstick_cifar.json"
 y --preset cifar --batch 500 --steps 20 --craft-bf16 --out "$OUT/yardstick_cifar_bf16.json"
 PROTECT_SPEED_IDS=40 FACEPOISON_DATA=.gpu/speed/data timeout 150 bash scripts/protect_speed.sh /tmp/ps --device cuda \

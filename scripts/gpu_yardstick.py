@@ -66,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=447)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--craft-bf16", action="store_true")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in the channels-last layout, in both loops (crafting stays in the default layout)")
     p.add_argument("--profile", action="store_true",
                    help="also torch.profiler tables (top operators by self device time) of 3 training and 3 crafting "
                         "steps of the bare loops")
     p.add_argument("--out")
     args = p.parse_args(argv)
     device = resolve_device(args.device)  # on CUDA also cuDNN autotuning and TF32, as facepoison's commands run
+    if args.channels_last and device.type != "cuda" and args.preset == "faces":
+        p.error("--channels-last is for CUDA: torch's CPU backward of the face blocks crashes in that layout")
     amp = device.type == "cuda"
     torch.manual_seed(0)
     faces = args.preset == "faces"
@@ -97,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     cfg = TrainConfig(epochs=1, batch_size=args.batch, lr=0.01, amp=amp, crop_padding=4, flip=True)
     opt = make_optimizer(model, cfg)
+    x_train = x
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+        x_train = x.contiguous(memory_format=torch.channels_last)
 
     def bare_train() -> None:
         with autocast():
-            loss = F.cross_entropy(forward(model, x, y), y)
+            loss = F.cross_entropy(forward(model, x_train, y), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                           torch.randint(0, classes, (n,)))
     sync(device)
     history = train_classifier(model, data, cfg, device=device,
-                               loss_fn=lambda net, im, lab: F.cross_entropy(forward(net, im, lab), lab))
+                               loss_fn=lambda net, im, lab: F.cross_entropy(forward(net, im, lab), lab),
+                               channels_last=args.channels_last)
     ours_train_s = history[0]["seconds"] / (args.steps + 1)
 
     model.eval()
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     result = {
         "device": device_name, "preset": args.preset, "batch": args.batch, "width": args.width, "steps": args.steps,
-        "train_precision": "bf16 autocast" if amp else "float32",
+        "train_precision": "bf16 autocast" if amp else "float32", "channels_last": args.channels_last,
         "craft_precision": "bf16 autocast" if args.craft_bf16 else "float32",
         "train_images_per_s": {"bare": args.batch / bare_train_s, "facepoison": args.batch / ours_train_s},
         "craft_image_steps_per_s": {"bare": args.batch / bare_craft_s, "facepoison": args.batch / ours_craft_s},

@@ -43,3 +43,27 @@ def test_learning_rate_schedule():
     assert learning_rate(cfg, 0.0) < 0.01 and abs(learning_rate(cfg, 0.5) - 0.05) < 1e-3
     assert learning_rate(cfg, 2) == 0.1
     assert abs(learning_rate(cfg, 5) - 0.01) < 1e-12 and abs(learning_rate(cfg, 9) - 0.001) < 1e-12
+
+
+def test_channels_last_trains_the_same_model_and_hands_it_back_contiguous():
+    """Channels-last training (the NHWC layout for GPU bf16) follows the default layout's run up to float rounding
+    (one epoch: rounding differences grow as a tiny net trains), its 4-D weights are channels-last while it trains,
+    and the model comes back in the default layout."""
+    data, cfg = tiny_set(), TrainConfig(epochs=1, batch_size=8, lr=0.05, crop_padding=1)
+    models, seen = {}, []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        models[channels_last] = create_model("resnet18", 2, width=2)
+
+        def check_layout(epoch, state, cl=channels_last):
+            conv = next(v for v in state["model"].values() if v.ndim == 4 and v.shape[-1] > 1)
+            seen.append(conv.is_contiguous(memory_format=torch.channels_last) and (not cl or not conv.is_contiguous()))
+
+        history = train_classifier(models[channels_last], data, cfg, on_epoch_end=check_layout,
+                                   channels_last=channels_last)
+        models[channels_last].history = history
+    assert seen[1:] == [True], "the weights are channels-last while training"
+    assert abs(models[True].history[-1]["loss"] - models[False].history[-1]["loss"]) < 1e-3
+    for (k, a), b in zip(models[False].state_dict().items(), models[True].state_dict().values(), strict=True):
+        assert b.is_contiguous(), k
+        assert torch.allclose(a.float(), b.float(), atol=5e-3), k
