@@ -120,6 +120,9 @@ class TrainHooks:
     after_backward: Callable[[nn.Module, int, torch.Generator], None] | None = None
 
 
+SYNC_EVERY = 16  # training steps between reads of the loss on the host (a GPU waits at every read)
+
+
 def cross_entropy_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(model(images), labels)
 
@@ -192,7 +195,8 @@ def train_classifier(
         hook_gen = torch.Generator().manual_seed(cfg.seed * 104729 + epoch * 37 + rank())
         steps = len(loader)
         net.train()
-        total, count, t0 = 0.0, 0, time.perf_counter()
+        total, count, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
+        shown = float("nan")  # the loss the progress callback sees: read from the device every SYNC_EVERY steps
         for step, (images, labels) in enumerate(loader):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch + step / max(1, steps))
@@ -210,20 +214,21 @@ def train_classifier(
                     loss = hooks.loss(loss_fn, net, images, labels, hook_gen)
                 else:
                     loss = loss_fn(net, images, labels)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hooks.after_backward is not None:
                 hooks.after_backward(model, len(labels), hook_gen)
             optimizer.step()
-            total += value * len(labels)
+            total += loss.detach().double() * len(labels)
             count += len(labels)
+            if step % SYNC_EVERY == 0 or step == steps - 1:  # the only host syncs of the loop
+                if not math.isfinite(total.item()):
+                    raise FloatingPointError(f"the loss is not finite by epoch {epoch}, step {step}; lower the lr")
+                shown = float(loss.detach())
             if progress is not None and rank() == 0:
-                progress(step, steps, value)
+                progress(step, steps, shown)
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": total / max(1, count), "images_per_s": count * world / seconds,
+        record = {"epoch": epoch, "loss": float(total) / max(1, count), "images_per_s": count * world / seconds,
                   "seconds": seconds}
         history.append(record)
         log.info("epoch %d: loss %.4f, %.0f images/s", epoch, record["loss"], record["images_per_s"])

@@ -67,3 +67,27 @@ def test_channels_last_trains_the_same_model_and_hands_it_back_contiguous():
     for (k, a), b in zip(models[False].state_dict().items(), models[True].state_dict().values(), strict=True):
         assert b.is_contiguous(), k
         assert torch.allclose(a.float(), b.float(), atol=5e-3), k
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_progress_sees_losses():
+    """The loss is read on the host only every SYNC_EVERY steps (and at the first and last step), yet a run whose
+    loss stops being finite still ends with FloatingPointError, before its epoch is saved."""
+    import pytest
+
+    from recognition import train as train_module
+
+    data = tiny_set(48)
+    seen, saved = [], []
+    torch.manual_seed(0)
+    ok = create_model("resnet18", 2, width=2)
+    train_classifier(ok, data, TrainConfig(epochs=1, batch_size=4, lr=0.05),
+                     progress=lambda step, steps, loss: seen.append((step, loss)))
+    assert [s for s, _ in seen] == list(range(12)) and all(loss == loss for _, loss in seen), "no NaN shown"
+    assert len({loss for _, loss in seen}) == 2, "read at steps 0 and 11 only (SYNC_EVERY is 16)"
+    assert train_module.SYNC_EVERY == 16
+    torch.manual_seed(0)
+    bad = create_model("resnet18", 2, width=2)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        train_classifier(bad, data, TrainConfig(epochs=2, batch_size=4, lr=1e30),
+                         on_epoch_end=lambda epoch, state: saved.append(epoch))
+    assert saved == []
