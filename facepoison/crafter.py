@@ -19,13 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
-from facepoison.losses import LogitsFn, project, quantize_delta
+from facepoison.losses import LogitsFn, check_precision, precision_autocast, project, quantize_delta
 from facepoison.objectives import Objective, objective_logits_fn
 from facepoison.regularizers import REGULARIZERS
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,7 @@ class CrafterConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if not (0 < self.eps <= 255):
             raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
         if not (0.0 <= self.chroma <= 1.0):
@@ -212,17 +209,12 @@ class PoisonCrafter:
         poisoned = images + delta
         if augment_params is not None:
             poisoned = self.augmentation.apply(poisoned, augment_params)
-        with self._autocast():
+        with precision_autocast(self.config.precision, self.device):
             loss = self.objective.loss(self.logits_fn, self.params, poisoned, labels, create_graph=create_graph)
         loss = loss.float()
         for reg, weight in self.regularizers:
             loss = loss + weight * reg(images, delta).mean()
         return loss
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def final_loss(self, images: Tensor, labels: Tensor, delta: Tensor) -> float:
         """The loss restarts are ranked by: without augmentation, so restarts are compared on equal terms."""

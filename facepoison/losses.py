@@ -6,6 +6,7 @@ implementations and with ``gradcheck`` in float64 (``tests/test_losses.py``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -260,3 +261,19 @@ def count_classes(
             return int(logits_fn(images.to(device), labels.to(device)).shape[1])
     finally:
         model.train(was_training)
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: str) -> None:
+    """Raise ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def precision_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``bfloat16``, nothing for ``float32`` (the crafter's and min-min's setting)."""
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -17,7 +17,6 @@ The batch form of the same loss on a fixed surrogate is the ``error_min`` object
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
-from facepoison.losses import limit_chroma, project, trainable_parameters
+from facepoison.losses import check_precision, limit_chroma, precision_autocast, project, trainable_parameters
 from facepoison.objectives import model_logits_fn
 
 log = logging.getLogger(__name__)
@@ -83,8 +82,7 @@ class MinMinConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
+        check_precision(self.precision)
         if not (0 < self.eps <= 255):
             raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
         if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
@@ -202,13 +200,8 @@ class _MinMin:
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         return self.read(idx), self.labels[idx].to(self.device)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def loss(self, inputs: Tensor, labels: Tensor) -> Tensor:
-        with self.autocast():
+        with precision_autocast(self.config.precision, self.device):
             return self.loss_fn(self.model, inputs, labels).float()
 
     def poisoned(self, images: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
