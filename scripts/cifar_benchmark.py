@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "device": args.device})
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = resolve_device(cfg.device)  # on CUDA also cuDNN autotuning and TF32 (facepoison.runtime.tune_cuda)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
