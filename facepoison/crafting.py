@@ -132,15 +132,21 @@ def craft_store(
     if rank != 0:
         return None
     merge_parts(out, n_chunks)
+    minmin_checkpoint(out).unlink(missing_ok=True)
     steps = max(1, cfg.craft.steps * cfg.craft.restarts) if not objective.dataset_level else 1
     return {"store": str(out), "images": n, "resumed_chunks": len(finished), "crafted_images_rank0": crafted,
             "target_seconds": round(target_seconds, 2), "craft_seconds": round(craft_seconds, 2),
             "image_steps_per_s": round(crafted * steps / craft_seconds, 2) if craft_seconds else None}
 
 
+def minmin_checkpoint(out: Path) -> Path:
+    """Where the min-min loop crafting the store ``out`` keeps its state between rounds (removed with the merge)."""
+    return Path(out).with_name(Path(out).name + ".minmin.pt")
+
+
 def discard_partial(out: Path) -> None:
-    """Remove a store and every part file of an earlier run (``--overwrite``)."""
-    for p in [Path(out), *part_paths(Path(out), include_tmp=True)]:
+    """Remove a store, every part file and the min-min checkpoint of an earlier run (``--overwrite``)."""
+    for p in [Path(out), *part_paths(Path(out), include_tmp=True), minmin_checkpoint(out)]:
         p.unlink(missing_ok=True)
 
 
@@ -170,9 +176,10 @@ def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet,
                    progress: ProgressFactory) -> tuple[int, float, str]:
     """Error-minimizing noise over the whole set (the min-min loop), written into the store chunk by chunk.
 
-    The loop is not resumable inside itself: a run killed while it runs starts it again.
+    The loop checkpoints every round beside the store (:func:`minmin_checkpoint`): a run killed while it runs
+    goes on from its last finished round.
     """
-    from facepoison.unlearnable import MinMinConfig, craft_error_minimizing
+    from facepoison.unlearnable import CheckpointMismatch, MinMinConfig, craft_error_minimizing
 
     mm = cfg.min_min
     # the loop's own options as configured, the rest from the crafting settings and the objective
@@ -182,9 +189,13 @@ def _craft_min_min(cfg: CraftCommandConfig, objective, data: ImageSet | FaceSet,
                           precision=cfg.craft.precision)
     bar = progress(mm.max_rounds, "min-min", "round")
     t0 = time.perf_counter()
-    result = craft_error_minimizing(
-        model, data.get_batch, data.labels, len(data.classes),
-        config, device=device, progress=lambda r: bar.update(1, acc=f"{r.train_accuracy:.3f}"))
+    try:
+        result = craft_error_minimizing(
+            model, data.get_batch, data.labels, len(data.classes),
+            config, device=device, progress=lambda r: bar.update(1, acc=f"{r.train_accuracy:.3f}"),
+            checkpoint=minmin_checkpoint(out), checkpoint_key=attrs["fingerprint"])
+    except CheckpointMismatch as exc:
+        raise UsageError(f"{exc}, or pass --overwrite") from exc
     bar.close()
     seconds = time.perf_counter() - t0
     summary = json.dumps({"rounds": result.rounds, "train_accuracy": result.train_accuracy,

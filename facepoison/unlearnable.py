@@ -18,10 +18,12 @@ The batch form of the same loss on a fixed surrogate is the ``error_min`` object
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from facepoison.augment import Augmentation, augmentation_for
 from facepoison.losses import check_precision, limit_chroma, precision_autocast, project, trainable_parameters
 from facepoison.objectives import model_logits_fn
+from recognition.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 ImageSource = Tensor | Callable[[list[int]], Tensor | tuple[Tensor, ...]]
 """Images ``(N, C, H, W)`` (uint8, or float in [0, 1]) or a getter positions → such images; a getter may return a
 tuple whose first element is the images, so a data set's ``get_batch`` can be passed as is."""
+
+
+class CheckpointMismatch(ValueError):
+    """A min-min checkpoint that cannot be read or comes from another run."""
 
 
 @dataclass(frozen=True)
@@ -165,13 +172,27 @@ def _image_reader(images: ImageSource, n: int, device: torch.device) -> Callable
     return read
 
 
-def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+class _ShuffledBatches(Iterator[Tensor]):
     """Endless batches of positions, reshuffled every epoch. Only full batches (or all N when N < batch_size):
-    a one-image batch would break BatchNorm in train mode."""
-    size = min(n, batch_size)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        yield from order[: n - n % size].split(size)
+    a one-image batch would break BatchNorm in train mode. Its place in the epoch is part of a checkpoint."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.size, self.generator = n, min(n, batch_size), generator
+        self.order: Tensor | None = None  # drawn lazily, as the first batch is asked for
+        self.pos = 0
+
+    def __next__(self) -> Tensor:
+        full = self.n - self.n % self.size
+        if self.order is None or self.pos >= full:
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        self.pos += self.size
+        return self.order[self.pos - self.size : self.pos]
+
+    def state(self) -> dict:
+        return {"order": self.order, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.order, self.pos = state["order"], state["pos"]
 
 
 class _MinMin:
@@ -192,10 +213,26 @@ class _MinMin:
         self.class_delta = start.to(device) if config.classwise else None
         self.delta = None if config.classwise else start
         self.batches = [torch.arange(i, min(n, i + config.batch_size)) for i in range(0, n, config.batch_size)]
-        self.train_stream = _shuffled_batches(n, config.batch_size, self.generator)
+        self.train_stream = _ShuffledBatches(n, config.batch_size, self.generator)
         params = trainable_parameters(model)
         self.optimizer = (torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
                           if config.train_steps > 0 else None)
+
+    def state(self) -> dict:
+        """Everything the next round depends on (surrogate, its optimizer, noise, generator, batch order)."""
+        return {"model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "class_delta": None if self.class_delta is None else self.class_delta.detach().cpu(),
+                "delta": self.delta, "generator": self.generator.get_state(), "stream": self.train_stream.state()}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.class_delta = None if state["class_delta"] is None else state["class_delta"].to(self.device)
+        self.delta = state["delta"]
+        self.generator.set_state(state["generator"])
+        self.train_stream.load(state["stream"])
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         return self.read(idx), self.labels[idx].to(self.device)
@@ -296,6 +333,8 @@ def craft_error_minimizing(
     device: torch.device | str | None = None,
     progress: Callable[[MinMinRound], None] | None = None,
     in_place: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str = "",
 ) -> UnlearnableResult:
     """Craft unlearnable examples by the min-min loop of Huang et al. 2021.
 
@@ -326,12 +365,17 @@ def craft_error_minimizing(
         device: where to compute; the model's device by default.
         progress: called with each round's :class:`MinMinRound`.
         in_place: train the caller's ``model`` itself (its mode is restored afterwards) instead of a copy.
+        checkpoint: a file the loop's state is written to (atomically) after every round, and resumed from when it
+            exists: a run killed mid-way and started again goes on from its last finished round and ends with what
+            an uninterrupted run makes. The caller removes the file once it has kept the result.
+        checkpoint_key: what else the run depends on (e.g. the surrogate's and the data's fingerprint); a
+            checkpoint written with another key, settings or labels is refused.
 
     Returns:
         :class:`UnlearnableResult`.
 
     Raises:
-        ValueError: bad shapes, labels outside [0, K), or float images outside [0, 1].
+        ValueError: bad shapes, labels outside [0, K), float images outside [0, 1], or a checkpoint of another run.
     """
     labels = torch.as_tensor(labels).long().cpu()
     n = len(labels)
@@ -347,14 +391,23 @@ def craft_error_minimizing(
     was_training = surrogate.training
     run = _MinMin(surrogate, read, labels, num_classes, sample_shape, config, loss_fn or default_loss, device)
     history: list[MinMinRound] = []
+    run_key = {"config": asdict(config), "labels": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
+               "num_classes": num_classes, "sample_shape": list(sample_shape), "key": checkpoint_key}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        history = _resume(run, Path(checkpoint), run_key)
     try:
-        for r in range(1, config.max_rounds + 1):
+        for r in range(len(history) + 1, config.max_rounds + 1):
+            if history and history[-1].train_accuracy >= config.stop_accuracy:
+                break  # resumed after the last round
             train_loss = run.train_surrogate() if config.train_steps > 0 else math.nan
             noise_loss = run.noise_pass()
             record = MinMinRound(round=r, train_loss=train_loss, noise_loss=noise_loss, train_accuracy=run.accuracy())
             history.append(record)
             log.info("min-min round %d: surrogate loss %.4f, noise loss %.4f, accuracy on poisons %.4f",
                      r, train_loss, noise_loss, record.train_accuracy)
+            if checkpoint is not None:
+                with atomic_path(checkpoint) as tmp:
+                    torch.save({"run": run_key, "history": [asdict(h) for h in history], "state": run.state()}, tmp)
             if progress is not None:
                 progress(record)
             if record.train_accuracy >= config.stop_accuracy:
@@ -365,3 +418,18 @@ def craft_error_minimizing(
     class_delta = run.class_delta.detach().cpu() if run.class_delta is not None else None
     return UnlearnableResult(delta=delta, class_delta=class_delta, rounds=len(history),
                              train_accuracy=history[-1].train_accuracy, history=history, surrogate=surrogate)
+
+
+def _resume(run: _MinMin, path: Path, run_key: dict) -> list[MinMinRound]:
+    """Load the state of a checkpointed run into ``run``; its rounds so far."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: say which, the caller decides
+        raise CheckpointMismatch(f"min-min checkpoint {path} cannot be read ({exc}); delete it to start again") from exc
+    if saved.get("run") != run_key:
+        raise CheckpointMismatch(f"min-min checkpoint {path} comes from a run with other settings or data; delete it "
+                         "to start again")
+    run.load(saved["state"])
+    history = [MinMinRound(**h) for h in saved["history"]]
+    log.info("min-min: resumed from %s after round %d", path, len(history))
+    return history

@@ -203,3 +203,62 @@ def test_bfloat16_min_min_lowers_the_loss_and_stays_feasible(data):
     assert not torch.equal(bf16.delta, runs["float32"].delta)
     with pytest.raises(ValueError, match="precision"):
         config(precision="float16")
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("classwise", [True, False])
+def test_checkpoint_resume_matches_an_uninterrupted_run(data, tmp_path, classwise):
+    """A run killed after round 2 and started again from its checkpoint ends where one uninterrupted run ends
+    (same noise, same surrogate, same rounds); the face model has BatchNorm and momentum, so every piece of
+    state (surrogate, optimizer, generator, batch order) must come back."""
+    x, y = data
+    cfg = config(classwise=classwise, max_rounds=4, stop_accuracy=1.0, augment="shift_flip", max_shift=2)
+    whole = craft_error_minimizing(face_model(), x, y, K, cfg)
+    ckpt = tmp_path / "run.minmin.pt"
+
+    def kill_after_two(record):
+        if record.round == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        craft_error_minimizing(face_model(), x, y, K, cfg, progress=kill_after_two, checkpoint=ckpt)
+    assert ckpt.is_file()
+    seen = []
+    resumed = craft_error_minimizing(face_model(), x, y, K, cfg, checkpoint=ckpt, progress=seen.append)
+    assert [r.round for r in seen] == [3, 4]  # only the rounds left were run
+    assert resumed.rounds == whole.rounds == 4
+    assert resumed.history == whole.history
+    torch.testing.assert_close(resumed.delta, whole.delta, rtol=0, atol=0)
+    for (name, a), b in zip(resumed.surrogate.state_dict().items(), whole.surrogate.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_finished_checkpoint_returns_without_more_rounds(data, tmp_path):
+    x, y = data
+    cfg = config(classwise=True, max_rounds=2)
+    ckpt = tmp_path / "run.minmin.pt"
+    first = craft_error_minimizing(linear_model(), x, y, K, cfg, checkpoint=ckpt)
+    seen = []
+    again = craft_error_minimizing(linear_model(), x, y, K, cfg, checkpoint=ckpt, progress=seen.append)
+    assert seen == [] and again.rounds == first.rounds
+    torch.testing.assert_close(again.delta, first.delta, rtol=0, atol=0)
+
+
+def test_checkpoint_of_another_run_is_refused(data, tmp_path):
+    from facepoison.unlearnable import CheckpointMismatch
+
+    x, y = data
+    ckpt = tmp_path / "run.minmin.pt"
+    craft_error_minimizing(linear_model(), x, y, K, config(max_rounds=1), checkpoint=ckpt, checkpoint_key="a")
+    with pytest.raises(CheckpointMismatch, match="other settings"):
+        craft_error_minimizing(linear_model(), x, y, K, config(max_rounds=1), checkpoint=ckpt, checkpoint_key="b")
+    with pytest.raises(CheckpointMismatch, match="other settings"):
+        craft_error_minimizing(linear_model(), x, y, K, config(max_rounds=1, eps=4), checkpoint=ckpt,
+                               checkpoint_key="a")
+    ckpt.write_bytes(b"torn")
+    with pytest.raises(CheckpointMismatch, match="cannot be read"):
+        craft_error_minimizing(linear_model(), x, y, K, config(max_rounds=1), checkpoint=ckpt, checkpoint_key="a")

@@ -6,11 +6,13 @@ Every stage is idempotent: a stage whose output exists is not redone, and one th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,28 @@ from recognition.train import TrainConfig
 def key(*parts: Any) -> str:
     """A short content key of JSON-able parts (what a cached stage output depends on)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+HEARTBEAT_S = 30.0
+"""How often a running stage notes the seconds spent on it (see :meth:`Stages.timed`)."""
+
+
+@contextlib.contextmanager
+def _heartbeat(path: Path, seconds: Callable[[], float]) -> Iterator[None]:
+    """Write ``{"seconds": seconds()}`` to ``path`` every :data:`HEARTBEAT_S` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            atomic_write(path, json.dumps({"seconds": round(seconds(), 1)}))
+
+    thread = threading.Thread(target=beat, name="stage-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def stamp_path(marker: Path) -> Path:
@@ -58,17 +82,26 @@ class Stages:
         _, _, self.device = init_distributed(cfg.device)
 
     def timed(self, name: str, marker: Path, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless ``marker`` (its output) exists and is stamped; remember the stage's seconds."""
+        """Run ``fn`` unless ``marker`` (its output) exists and is stamped; remember the stage's seconds.
+
+        Every stage resumes where a killed run left it, so its seconds add up over the runs that worked on it:
+        the seconds spent so far are noted every :data:`HEARTBEAT_S` seconds while it runs (a killed run loses
+        at most that much, and the redone part of its last chunk, epoch or round is counted twice).
+        """
         stamp = stamp_path(marker)
         if marker.exists() and stamp.exists():
             self.timings[name] = json.loads(stamp.read_text())["seconds"]
             self.log(f"{name}: cached ({marker})")
             return None
-        self.log(f"{name} ...")
+        partial = marker.with_name(marker.name + ".stage.partial.json")
+        before = float(json.loads(partial.read_text())["seconds"]) if partial.is_file() else 0.0
+        self.log(f"{name} ..." + (f" (resumed; {before:.0f} s spent on it before)" if before else ""))
         t0 = time.perf_counter()
-        result = fn()
-        seconds = round(time.perf_counter() - t0, 1)
+        with _heartbeat(partial, lambda: before + time.perf_counter() - t0):
+            result = fn()
+        seconds = round(before + time.perf_counter() - t0, 1)
         atomic_write(stamp, json.dumps({"seconds": seconds}))
+        partial.unlink(missing_ok=True)
         self.timings[name] = seconds
         self.ran.append(name)
         return result
