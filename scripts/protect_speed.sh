@@ -26,7 +26,8 @@ for name in ("thumbnails", "group"):
     rows.append({"set": name, "photos": s["photos"], "faces": faces, "seconds": s["seconds"],
                  "photos_per_s": round(s["photos"] / s["seconds"], 2), "faces_per_s": round(faces / s["seconds"], 2),
                  "max_linf_png_or_jpeg": max(r.get("linf", 0) for r in recs),
-                 "min_ssim": min(r.get("ssim", 1) for r in recs)})
+                 "min_ssim": min(r.get("ssim", 1) for r in recs),
+                 "stage_seconds": s.get("stage_seconds")})
 try:
     import torch
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.machine()} CPU ({os.cpu_count()} cores)"

@@ -35,6 +35,7 @@ from facepoison.protect import (
     PRESETS,
     Protector,
     ProtectSettings,
+    StageClock,
     Surrogate,
     collect,
     merge_rank_manifests,
@@ -101,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything checked: from here on, outputs are written.
     manifest_path = out / MANIFEST
+    clock = StageClock()
     results, todo, faces, seconds = protect_photos(items, out, protector, overwrite=args.overwrite, rank=rank,
-                                                   world=world, progress=progress_bars(not args.quiet))
+                                                   world=world, progress=progress_bars(not args.quiet), clock=clock)
     if world > 1:
         dist.barrier()
         if rank == 0:
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                           "done_before": len(mine) - len(todo) if world == 1 else None,
                           "faces_this_run": faces, "seconds": round(seconds, 1),
                           "photos_per_s": round(len(results) / seconds, 3) if seconds > 0 and results else None,
-                          "surrogate_sha256": surrogate.sha256}))
+                          "surrogate_sha256": surrogate.sha256, "stage_seconds": clock.as_dict()}))
         for p in failed:
             print(f"failed: {p}: {final[p]['status'][len('failed: '):]}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK

@@ -7,12 +7,13 @@
 """
 
 from facepoison.protect.engine import PRESETS, FaceScan, Protector, ProtectSettings
-from facepoison.protect.files import PHOTO_EXTENSIONS, Item, assign_groups, collect, protect_photos
+from facepoison.protect.files import PHOTO_EXTENSIONS, Item, StageClock, assign_groups, collect, protect_photos
 from facepoison.protect.manifest import DONE, MANIFEST, ManifestWriter, merge_rank_manifests, read_manifest
 from facepoison.protect.surrogate import AUTO_DISTANCE, DEFAULT_SURROGATE, IDENTITY_MODES, Surrogate, imprint_centers
 
 __all__ = [
     "AUTO_DISTANCE", "DEFAULT_SURROGATE", "DONE", "IDENTITY_MODES", "MANIFEST", "PHOTO_EXTENSIONS", "PRESETS",
-    "FaceScan", "Item", "ManifestWriter", "ProtectSettings", "Protector", "Surrogate", "assign_groups", "collect",
+    "FaceScan", "Item", "ManifestWriter", "ProtectSettings", "Protector", "StageClock", "Surrogate", "assign_groups",
+    "collect",
     "imprint_centers", "merge_rank_manifests", "protect_photos", "read_manifest",
 ]

@@ -7,9 +7,11 @@ atomically and gets a manifest line at once, so a killed run resumes where it st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -115,23 +117,55 @@ def _jpeg_roundtrip_linf(photo, quality_: int) -> int:
     return int(np.abs(back.astype(np.int16) - original.astype(np.int16)).max())
 
 
+class StageClock:
+    """Seconds spent per stage of a run, summed over the threads that ran it (finishing threads overlap each other
+    and the main thread, so the stages can add up to more than the wall time). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 class PhotoFolderRun:
     """One run over photo files: scan each group, craft through the protector, write each photo as it completes.
 
     Photos are finished (read, perturbation pasted back, encoded, written, checked) by ``workers`` threads while the
-    main thread detects and crafts the next ones; records still come out in the order of the photos.
+    main thread detects and crafts the next ones; records still come out in the order of the photos. With
+    ``prefetch``, one more thread decodes and detects the next group while the current one is crafted (on a GPU the
+    crafting runs on the device and the scan mostly on the host; on CPU both compete for the same cores).
 
     Args:
         protector: configured with the run's settings (format, metadata and no-face handling included).
         out_dir: the output folder; each photo goes to ``out_dir / item.rel`` (suffix changed with its format).
         workers: finishing threads (default :data:`FINISH_WORKERS`); 1 finishes each photo before the next.
+        prefetch: scan the next group during the crafting of this one; by default on CUDA devices only.
+        clock: adds up the seconds of each stage (see :class:`StageClock`).
     """
 
-    def __init__(self, protector: Protector, out_dir: Path, workers: int | None = None) -> None:
+    def __init__(self, protector: Protector, out_dir: Path, workers: int | None = None, prefetch: bool | None = None,
+                 clock: StageClock | None = None) -> None:
         self.protector = protector
         self.s = protector.settings
         self.out_dir = out_dir
         self.workers = workers or FINISH_WORKERS
+        self.prefetch = protector.device.type == "cuda" if prefetch is None else prefetch
+        self.clock = clock or StageClock()
 
     def record(self, item: Item, status: str, faces: int, seconds: float, **extra) -> dict:
         """The manifest line of one photo: path, status, faces, ε, seconds, surrogate hash, and ``extra``."""
@@ -152,17 +186,26 @@ class PhotoFolderRun:
             head = pending.popleft()
             return head.result() if isinstance(head, Future) else head
 
+        work = [g for g in groups if any(item.rel in todo for item in g)]
+        scanner = ThreadPoolExecutor(1, thread_name_prefix="protect-scan") if self.prefetch else None
         try:
-            for group in groups:
-                if not any(item.rel in todo for item in group):
-                    continue
-                for rec in self._group(group, todo, pool):
+            scanned = scanner.submit(self._scan, work[0]) if scanner and work else None
+            for k, group in enumerate(work):
+                if scanner:
+                    scans = scanned.result()
+                    if k + 1 < len(work):  # the next group is decoded and detected while this one is crafted
+                        scanned = scanner.submit(self._scan, work[k + 1])
+                else:
+                    scans = self._scan(group)
+                for rec in self._group(group, todo, pool, *scans):
                     pending.append(rec)
                     while ready() or len(pending) > 4 * self.workers:
                         yield take()
             while pending:
                 yield take()
         finally:
+            if scanner:
+                scanner.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _scan(self, group: list[Item]) -> tuple[list[FaceScan], list[str]]:
@@ -179,7 +222,9 @@ class PhotoFolderRun:
                 except PhotoError as exc:
                     chunk_errors.append(str(exc))
                 read_seconds.append(time.perf_counter() - t0)
-            found = iter(self.protector.scan(rgbs))
+                self.clock.add("scan: decode", read_seconds[-1])
+            with self.clock("scan: detect, align, embed"):
+                found = iter(self.protector.scan(rgbs))
             for err, sec in zip(chunk_errors, read_seconds, strict=True):
                 scan = FaceScan() if err else next(found)
                 scan.seconds += sec
@@ -187,9 +232,9 @@ class PhotoFolderRun:
                 errors.append(err)
         return scans, errors
 
-    def _group(self, group: list[Item], todo: set[str], pool: ThreadPoolExecutor) -> Iterator[dict | Future]:
+    def _group(self, group: list[Item], todo: set[str], pool: ThreadPoolExecutor, scans: list[FaceScan],
+               errors: list[str]) -> Iterator[dict | Future]:
         # Finished photos of the group are scanned too: the imprinted identity is the same on a resumed run.
-        scans, errors = self._scan(group)
         for item, scan, err in zip(group, scans, errors, strict=True):
             if item.rel not in todo:
                 continue
@@ -198,7 +243,12 @@ class PhotoFolderRun:
             elif not scan.faces:
                 yield self._no_face(item, scan)
         wanted = [it.rel in todo and not err for it, err in zip(group, errors, strict=True)]
-        for i, deltas in self.protector.craft(scans, [it.group for it in group], wanted, [it.rel for it in group]):
+        crafted = self.protector.craft(scans, [it.group for it in group], wanted, [it.rel for it in group])
+        while True:
+            with self.clock("craft"):
+                i, deltas = next(crafted, (None, None))
+            if i is None:
+                return
             yield pool.submit(self._finish, group[i], scans[i], deltas)
 
     def _no_face(self, item: Item, scan: FaceScan) -> dict:
@@ -224,24 +274,31 @@ class PhotoFolderRun:
     def _finish(self, item: Item, scan: FaceScan, deltas: list[np.ndarray]) -> dict:
         t0 = time.perf_counter()
         n = len(scan.faces)
+        clock = self.clock
         try:
-            photo = read_photo(item.source, self.s.keep_gps)
+            with clock("finish: decode"):
+                photo = read_photo(item.source, self.s.keep_gps)
         except PhotoError as exc:  # changed on disk since the scan
             return self.record(item, f"failed: {exc}", n, scan.seconds)
-        new = self.protector.apply(photo.rgb, scan, deltas, gray=photo.gray)
+        with clock("finish: paste back"):
+            new = self.protector.apply(photo.rgb, scan, deltas, gray=photo.gray)
         fmt = output_format(photo, self.s.force_png)
         if fmt == "JPEG" and photo.alpha is not None:
             fmt = "PNG"
         dst = self.output_path(item, fmt)
-        write_photo(photo, new[..., 0] if photo.gray else new, dst, fmt, self.s.jpeg_quality)
-        saved, alpha = read_back(dst, photo)
-        original = photo.pixels()
-        linf = int(np.abs(saved.astype(np.int16) - original.astype(np.int16)).max())
+        with clock("finish: encode, write"):
+            write_photo(photo, new[..., 0] if photo.gray else new, dst, fmt, self.s.jpeg_quality)
+        with clock("finish: read back, bound"):
+            saved, alpha = read_back(dst, photo)
+            original = photo.pixels()
+            linf = int(np.abs(saved.astype(np.int16) - original.astype(np.int16)).max())
         bound = int(round(self.s.eps))
-        extra = {"output": str(dst.relative_to(self.out_dir)), "format": fmt, "linf": linf, "bound": bound,
-                 **quality(original, saved)}
+        with clock("finish: SSIM, PSNR"):
+            extra = {"output": str(dst.relative_to(self.out_dir)), "format": fmt, "linf": linf, "bound": bound,
+                     **quality(original, saved)}
         if fmt == "JPEG":  # what re-encoding alone costs, for comparison with the measured L∞
-            extra["linf_jpeg_reencode_only"] = _jpeg_roundtrip_linf(photo, self.s.jpeg_quality)
+            with clock("finish: JPEG re-encode check"):
+                extra["linf_jpeg_reencode_only"] = _jpeg_roundtrip_linf(photo, self.s.jpeg_quality)
         if photo.note:
             extra["note"] = photo.note
         seconds = scan.seconds + time.perf_counter() - t0
@@ -255,7 +312,7 @@ class PhotoFolderRun:
 
 
 def protect_photos(items: list[Item], out_dir: Path, protector: Protector, overwrite: bool = False, rank: int = 0,
-                   world: int = 1, progress: ProgressFactory = no_progress
+                   world: int = 1, progress: ProgressFactory = no_progress, clock: StageClock | None = None
                    ) -> tuple[dict[str, dict], set[str], int, float]:
     """Protect ``items`` (this rank's shard of them) into ``out_dir``, resuming from its manifest.
 
@@ -270,6 +327,7 @@ def protect_photos(items: list[Item], out_dir: Path, protector: Protector, overw
         overwrite: redo photos an earlier run finished.
         rank, world: this process's shard under torchrun (every ``world``-th photo from ``rank``).
         progress: a progress bar in photos.
+        clock: adds up the seconds of each stage of the run (see :class:`StageClock`).
 
     Returns:
         (records of this run by path, the paths that were to do, faces protected, seconds).
@@ -285,7 +343,8 @@ def protect_photos(items: list[Item], out_dir: Path, protector: Protector, overw
     faces = 0
     start = time.perf_counter()
     try:
-        for rec in PhotoFolderRun(protector, out_dir).run(assign_groups(shard, protector.settings.identities), todo):
+        run = PhotoFolderRun(protector, out_dir, clock=clock)
+        for rec in run.run(assign_groups(shard, protector.settings.identities), todo):
             writer.write(rec)
             results[rec["path"]] = rec
             faces += rec.get("faces", 0) if rec["status"] == "protected" else 0
