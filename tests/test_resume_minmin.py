@@ -10,11 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_image_folder
-from tests.test_bugs_issue11 import write_classifier_checkpoint
-
-
-class Killed(Exception):
-    """Stands in for a kill mid-way."""
+from tests.test_bugs_issue11 import Killed, write_classifier_checkpoint
 
 
 @pytest.fixture
