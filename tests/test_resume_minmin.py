@@ -37,13 +37,13 @@ def craft_min_min(tmp_path):
 
 
 def test_min_min_store_resumes_after_a_kill_mid_loop(craft_min_min, tmp_path, monkeypatch):
-    from facepoison import unlearnable
+    from facepoison import minmin
     from facepoison.crafting import minmin_checkpoint
     from facepoison.store import load_store
 
     craft_min_min(tmp_path / "reference.h5")
     out = tmp_path / "store.h5"
-    real, calls = unlearnable._MinMin.accuracy, []
+    real, calls = minmin.MinMinState.accuracy, []
 
     def killed_in_round_two(self):
         calls.append(1)
@@ -51,7 +51,7 @@ def test_min_min_store_resumes_after_a_kill_mid_loop(craft_min_min, tmp_path, mo
             raise Killed
         return real(self)
 
-    monkeypatch.setattr(unlearnable._MinMin, "accuracy", killed_in_round_two)
+    monkeypatch.setattr(minmin.MinMinState, "accuracy", killed_in_round_two)
     with pytest.raises(Killed):
         craft_min_min(out)
     assert minmin_checkpoint(out).is_file() and not out.exists()

@@ -126,6 +126,7 @@ class StageClock:
         self.seconds: dict[str, float] = {}
 
     def add(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` more for ``stage``."""
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
@@ -138,6 +139,7 @@ class StageClock:
             self.add(stage, time.perf_counter() - t0)
 
     def as_dict(self) -> dict[str, float]:
+        """Seconds per stage so far, rounded to milliseconds."""
         with self._lock:
             return {k: round(v, 3) for k, v in self.seconds.items()}
 
