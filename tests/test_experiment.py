@@ -191,3 +191,34 @@ def test_protect_mode_goal_needs_drop_and_lead_beyond_the_noise():
     assert protect_line(0.40).endswith("auto protects best")
     # folder drops 2 points, auto 1.5: the lead of 0.5 is within the noise
     assert "no mode protects measurably best" in protect_line(0.485)
+
+
+def test_protect_path_with_chroma(tmp_path, capsys):
+    """``protect.chroma`` reaches the engine (every manifest line says so) and the label; its own protect folder."""
+    config = tiny_config(tmp_path)
+    config["data"]["faces_per_identity"] = 2
+    config["protect"]["chroma"] = 0.25
+    path = tmp_path / "faces_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(path), "-q"]) == 0
+    data = json.loads((tmp_path / "report" / "faces_tiny.json").read_text())
+    assert [m["label"] for m in data["models"]] == ["clean", "protect (error_min_identity, chroma 0.25)"]
+    assert data["models"][1]["run"]["chroma"] == 0.25
+    (manifest,) = (tmp_path / "runs" / "tiny").glob("protect-*/photos/manifest.jsonl")
+    assert {json.loads(line)["chroma"] for line in manifest.read_text().splitlines()} == {0.25}
+
+
+def test_later_added_settings_keep_the_stage_keys_of_earlier_runs():
+    """A setting added after stages were cached is left out of the key while it has the value every earlier run had
+    (so those stages are found again); any other value gives a new key."""
+    from facepoison.experiment.stages import key, keyed
+
+    craft = {"craft": {"eps": 8.0, "steps": 20}, "objective": "alignment"}
+    assert key(keyed("craft", {**craft, "craft": {**craft["craft"], "precision": "float32"}})) == key(craft)
+    assert key(keyed("craft", {**craft, "craft": {**craft["craft"], "precision": "bfloat16"}})) != key(craft)
+    protect = {"eps": 8.0, "steps": 15, "identities": "folder"}
+    assert key(keyed("protect", {**protect, "chroma": 1.0})) == key(protect)
+    assert key(keyed("protect", {**protect, "chroma": 0.25})) != key(protect)
+    assert keyed("victim", {"chroma": 1.0}) == {"chroma": 1.0}  # only the stage's own later settings
+    assert keyed("craft", {"objective": "random"}) == {"objective": "random"}  # a missing section is no error
+    assert protect == {"eps": 8.0, "steps": 15, "identities": "folder"}  # the caller's dict is not changed

@@ -79,6 +79,7 @@ class ProtectStage:
         identities: one mode, or a comma-separated list of modes to compare (``folder,auto,single``).
         batch_size: faces crafted together.
         objective: the crafting objective; ``facepoison protect``'s default when None.
+        chroma: the colour part of the perturbation kept (``protect --chroma``); protect's default when None.
     """
 
     enabled: bool = True
@@ -88,6 +89,7 @@ class ProtectStage:
     identities: str = "folder"
     batch_size: int = 16
     objective: str | None = None
+    chroma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,8 @@ def check_inputs(cfg: ExperimentConfig) -> None:
         from facepoison.protect import ProtectSettings
 
         ProtectSettings(eps=cfg.protect.eps, steps=cfg.protect.steps, batch_size=cfg.protect.batch_size,
-                        **({"objective": cfg.protect.objective} if cfg.protect.objective else {}))
+                        **({"objective": cfg.protect.objective} if cfg.protect.objective else {}),
+                        **({"chroma": cfg.protect.chroma} if cfg.protect.chroma is not None else {}))
         surrogate = Path(cfg.protect.surrogate) if cfg.protect.surrogate else DEFAULT_SURROGATE
         if not surrogate.is_file():
             raise UsageError(f"protect surrogate {surrogate} does not exist")

@@ -122,11 +122,14 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         suffix = f" ({mode})" if len(modes) > 1 else ""
         folder, faces = st.protect(split, mode, suffix)
         objective = cfg.protect.objective or ProtectSettings().objective
-        notes = [objective] + ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
+        chroma = ProtectSettings().chroma if cfg.protect.chroma is None else cfg.protect.chroma
+        notes = [objective] + ([] if chroma == 1 else [f"chroma {chroma:g}"]) + \
+            ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
             ([f"{mode} identities"] if len(modes) > 1 else [])
         label = "protect" + f" ({', '.join(notes)})"
         train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces),
-                                                   "objective": objective}, faces, folder, stem="victim")
+                                                   "objective": objective, "chroma": chroma}, faces, folder,
+                      stem="victim")
     # 6. evaluation
     own = cfg.stage_dir in (None, cfg.name)  # sharing another experiment's stages: keep its evaluation apart
     eval_dir = st.root / ("eval" if own else f"eval-{cfg.name}")

@@ -7,6 +7,7 @@ Every stage is idempotent: a stage whose output exists is not redone, and one th
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,27 @@ from recognition.train import TrainConfig
 def key(*parts: Any) -> str:
     """A short content key of JSON-able parts (what a cached stage output depends on)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+LATER_FIELDS: dict[str, dict[tuple[str, ...], Any]] = {
+    # stage: {path of a setting added after the stage's outputs were first cached: the value every earlier run had}
+    "craft": {("craft", "precision"): "float32"},
+    "protect": {("chroma",): 1.0},
+}
+
+
+def keyed(stage: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as they enter the key of ``stage``: a setting added after the stage's outputs were first cached
+    (:data:`LATER_FIELDS`) is left out while it has the value every earlier run had, so those outputs keep their
+    keys; any other value makes a new key."""
+    out = copy.deepcopy(settings)
+    for (*parents, name), value in LATER_FIELDS.get(stage, {}).items():
+        d = out
+        for part in parents:
+            d = d.get(part, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict) and name in d and d[name] == value:
+            del d[name]
+    return out
 
 
 HEARTBEAT_S = 30.0
@@ -173,10 +195,7 @@ class Stages:
                                  surrogate=str(surrogate) if surrogate else "",
                                  target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,
                                  min_min=self.cfg.min_min, device=self.cfg.device)
-        settings = to_dict(cfg)
-        if settings["craft"].get("precision") == "float32":
-            del settings["craft"]["precision"]  # added later: float32 keeps the keys of stages cached before it
-        out = self.root / "poisons" / f"{run.name}-{key(settings, str(surrogate))}.h5"
+        out = self.root / "poisons" / f"{run.name}-{key(keyed('craft', to_dict(cfg)), str(surrogate))}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
 
         def go():
@@ -201,12 +220,15 @@ class Stages:
     # 7. protect path -------------------------------------------------------------------------------------
     def protect(self, split, mode: str, suffix: str = "") -> tuple[Path, FaceSet]:
         """The release photos protected with ``--identities mode``, prepared again as a scraper would."""
+        default = ProtectSettings()
         p = dataclasses.replace(self.cfg.protect, identities=mode,
-                                objective=self.cfg.protect.objective or ProtectSettings().objective)
+                                objective=self.cfg.protect.objective or default.objective,
+                                chroma=default.chroma if self.cfg.protect.chroma is None else self.cfg.protect.chroma)
         d = self.cfg.data
         sur_path = Path(p.surrogate) if p.surrogate else DEFAULT_SURROGATE
         # the key names the grouping rule: runs before auto mode clustered the whole run were grouped by folder
-        folder = self.root / f"protect-{key(dataclasses.asdict(p), split.release.paths, 'groups:assign_groups')}"
+        settings = keyed("protect", dataclasses.asdict(p))
+        folder = self.root / f"protect-{key(settings, split.release.paths, 'groups:assign_groups')}"
         photos = folder / "photos"
         items = []
         for rel in split.release.paths:
@@ -217,7 +239,7 @@ class Stages:
 
         def run_protect():
             settings = ProtectSettings(eps=p.eps, steps=p.steps, identities=p.identities, batch_size=p.batch_size,
-                                       objective=p.objective)
+                                       objective=p.objective, chroma=p.chroma)
             protector = Protector(Surrogate(sur_path, self.device), settings, device=str(self.device))
             protect_photos(items, photos, protector, progress=self.progress)
 
