@@ -77,10 +77,6 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
             continue
         out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(cfg.surrogate_train), ids_key)}.pt"
         surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
-    stores: dict[str, tuple[PoisonRun, Path]] = {}
-    for run in cfg.poisons:
-        sur = surrogates.get(run.surrogate) if run.objective != "random" else None
-        stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
     ident = FaceSet(celeba).restrict(split.celeba_heldout)
     victims: list[tuple[str, Path, dict]] = []
 
@@ -108,9 +104,12 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
                 victims.append((label + tag + " · best", best, {**base, "epoch": "best"}))
 
     train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims")
-    for name, (run, store) in stores.items():
-        train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
-                      st.root / "victims", poisons=store)
+    stores: dict[str, tuple[PoisonRun, Path]] = {}
+    for run in cfg.poisons:  # each set's victims right after its craft: a run stopped mid-way leaves whole sets
+        sur = surrogates.get(run.surrogate) if run.objective != "random" else None
+        stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
+        train_victims(run.name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
+                      st.root / "victims", poisons=stores[run.name][1])
     defended = [name for name, (run, _) in stores.items() if not cfg.defended or name in cfg.defended]
     for spec in cfg.defenses:  # one more victim per defense on the clean set and on each defended set
         train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims", defense=spec)
