@@ -222,3 +222,31 @@ def test_later_added_settings_keep_the_stage_keys_of_earlier_runs():
     assert keyed("victim", {"chroma": 1.0}) == {"chroma": 1.0}  # only the stage's own later settings
     assert keyed("craft", {"objective": "random"}) == {"objective": "random"}  # a missing section is no error
     assert protect == {"eps": 8.0, "steps": 15, "identities": "folder"}  # the caller's dict is not changed
+
+
+def test_finished_only_reports_the_finished_sets_and_runs_no_stage(tmp_path, capsys):
+    """``--finished-only`` while sets are missing: no stage runs (nothing is trained or crafted), the report has the
+    finished sets and names the others; before anything is finished it is a one-line usage error."""
+    config = tiny_config(tmp_path)
+    config["poisons"] = [{"objective": "random", "eps": 8}, {"objective": "alignment", "eps": 8}]
+    path = tmp_path / "faces_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(path), "--finished-only", "-q"]) == 2
+    assert "nothing finished to report yet" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "victims").exists()
+    assert main(["experiment", str(path), "-q"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    for stamp in run.glob("victims/alignment*.stage.json"):  # as if the run had stopped before these victims
+        stamp.unlink()
+    for stamp in run.glob("protect-*/photos/manifest.jsonl.stage.json"):
+        stamp.unlink()
+    outputs = {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")}
+    capsys.readouterr()
+    assert main(["experiment", str(path), "--finished-only", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    data = json.loads((tmp_path / "report" / "faces_tiny.json").read_text())
+    assert [m["label"] for m in data["models"]] == ["clean", "random 8/255"]
+    assert data["stages_run"] == [] and out["pending"] == data["pending"]
+    assert [p.split(" (stage")[0] for p in data["pending"]] == ["alignment 8/255 (R18)", "protect (error_min_identity)"]
+    assert "**Partial report**" in (tmp_path / "report" / "faces_tiny.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")} == outputs  # nothing trained again

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfw-pairs", help="LFW View-2 pairs.txt")
     p.add_argument("--bin", action="append", default=[], metavar="NAME=FILE.bin",
                    help="adds an insightface .bin benchmark (AgeDB-30, VGG2-FP, ...)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="run no stage: report the sets whose stages are finished (while a long run goes on, or "
+                        "after it stopped) and list the others as not finished")
     add_common(p)
     return p
 
@@ -54,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[experiment {cfg.name}] {message}", file=sys.stderr, flush=True)
 
-    result = run_experiment(cfg, path, log=log, progress=progress_bars(not args.quiet))
+    result = run_experiment(cfg, path, log=log, progress=progress_bars(not args.quiet),
+                            finished_only=args.finished_only)
     summary = {m["label"]: (m.get("identification") or {}).get("top1") for m in result["models"]}
-    print(json.dumps({"report_dir": cfg.report_dir, "top1": summary}))
+    print(json.dumps({"report_dir": cfg.report_dir, "top1": summary, "pending": result["pending"]}))
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ from facepoison.errors import UsageError
 from facepoison.evaluation import FaceEvaluation, evaluate_faces, identify
 from facepoison.experiment.config import ExperimentConfig, PoisonRun, check_config
 from facepoison.experiment.report import poisoned_faces_figure, write_report
-from facepoison.experiment.stages import Stages, key
+from facepoison.experiment.stages import Pending, Stages, key
 from facepoison.protect import ProtectSettings
 from facepoison.provenance import code_revision
 from facepoison.runtime import ProgressFactory, no_progress
@@ -53,8 +53,11 @@ def crafting_steps(run: PoisonRun, store: Path, cfg: ExperimentConfig) -> dict[s
 
 
 def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str], None] = lambda m: None,
-                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
+                   progress: ProgressFactory = no_progress, finished_only: bool = False) -> dict[str, Any]:
     """Run (or resume) every stage of ``cfg``, evaluate every victim and write the report.
+
+    With ``finished_only``, no stage runs: the report covers the sets whose stages are all finished (while a long
+    run goes on, or after it stopped) and lists the others under ``pending``.
 
     Returns:
         The report's data: per victim its evaluation (``models``), release and held-out sizes, timings, the
@@ -63,8 +66,17 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     start = time.perf_counter()
     modes = check_config(cfg)  # a bad mode or surrogate name fails before any stage runs
     used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
-    st = Stages(cfg, log, progress)
-    celeba, cfp = st.prepared()
+    st = Stages(cfg, log, progress, finished_only=finished_only)
+    pending: list[str] = []
+
+    def left_out(what: str, stage: object) -> None:
+        pending.append(f"{what} (stage {stage} not finished)")
+        log(f"{what}: not finished, left out of this report")
+
+    try:
+        celeba, cfp = st.prepared()
+    except Pending as exc:
+        raise UsageError(f"nothing finished to report yet: {exc} is not done") from None
     split = st.split(celeba, cfp)
     if len(split.release) == 0 or not split.celeba_heldout:
         raise UsageError("the identity split leaves no release faces or no held-out identities")
@@ -76,14 +88,19 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         if name not in used:  # only the surrogates some poison run crafts against
             continue
         out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(cfg.surrogate_train), ids_key)}.pt"
-        surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
+        try:
+            surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
+        except Pending as exc:
+            left_out(f"surrogate {name}", exc)
     ident = FaceSet(celeba).restrict(split.celeba_heldout)
     victims: list[tuple[str, Path, dict]] = []
 
     def train_victims(name: str, label: str, info: dict, data, folder: Path, poisons: Path | None = None,
                       stem: str | None = None, defense: DefenseSpec | None = None) -> None:
-        """One victim per seed of the set ``name`` (and its best epoch when ``eval_every``), added to ``victims``;
-        with a ``defense``, one victim (the first seed), evaluated at its best epoch only when ``eval_every``."""
+        """One victim per seed of the set ``name`` (and its best epoch when ``eval_every``), added to ``victims``
+        once all of them are there; with a ``defense``, one victim (the first seed), evaluated at its best epoch
+        only when ``eval_every``."""
+        made = []
         for seed in cfg.victim_seeds if defense is None else cfg.victim_seeds[:1]:
             train = dataclasses.replace(cfg.victim_train, seed=seed)
             vkey = key(to_dict(cfg.victim), to_dict(train), ids_key, *([cfg.eval_every] if cfg.eval_every else []),
@@ -98,37 +115,59 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
             base = {**info, "set": name, "base_label": label, "seed": seed,
                     **({"defense": defense.key, "defense_label": defense.label} if defense else {})}
             if defense is None or not cfg.eval_every:
-                victims.append((label + tag, out, {**base, "epoch": "last"}))
+                made.append((label + tag, out, {**base, "epoch": "last"}))
             if cfg.eval_every:
                 best = out.with_name(out.stem + ".best.pt")
-                victims.append((label + tag + " · best", best, {**base, "epoch": "best"}))
+                made.append((label + tag + " · best", best, {**base, "epoch": "best"}))
+        victims.extend(made)
 
-    train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims")
+    try:
+        train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims")
+    except Pending as exc:
+        raise UsageError(f"nothing finished to report yet: {exc} is not done") from None
     stores: dict[str, tuple[PoisonRun, Path]] = {}
     for run in cfg.poisons:  # each set's victims right after its craft: a run stopped mid-way leaves whole sets
         sur = surrogates.get(run.surrogate) if run.objective != "random" else None
-        stores[run.name] = (run, st.craft(run, sur, split.release, f"release:{ids_key}"))
-        train_victims(run.name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
-                      st.root / "victims", poisons=stores[run.name][1])
+        if run.objective != "random" and sur is None:  # finished-only, its surrogate not trained
+            left_out(run.label, f"surrogate {run.surrogate}")
+            continue
+        try:
+            store = st.craft(run, sur, split.release, f"release:{ids_key}")
+            train_victims(run.name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
+                          st.root / "victims", poisons=store)
+        except Pending as exc:
+            left_out(run.label, exc)
+            continue
+        stores[run.name] = (run, store)
     defended = [name for name, (run, _) in stores.items() if not cfg.defended or name in cfg.defended]
     for spec in cfg.defenses:  # one more victim per defense on the clean set and on each defended set
-        train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims", defense=spec)
+        try:
+            train_victims("clean", "clean", {"kind": "clean"}, split.release, st.root / "victims", defense=spec)
+        except Pending as exc:
+            left_out(f"{spec.label} (every set)", exc)
+            continue
         for name in defended:
             run, store = stores[name]
-            train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
-                          st.root / "victims", poisons=store, defense=spec)
+            try:
+                train_victims(name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
+                              st.root / "victims", poisons=store, defense=spec)
+            except Pending as exc:
+                left_out(f"{run.label} under {spec.label}", exc)
     for mode in modes:
         suffix = f" ({mode})" if len(modes) > 1 else ""
-        folder, faces = st.protect(split, mode, suffix)
         objective = cfg.protect.objective or ProtectSettings().objective
         chroma = ProtectSettings().chroma if cfg.protect.chroma is None else cfg.protect.chroma
         notes = [objective] + ([] if chroma == 1 else [f"chroma {chroma:g}"]) + \
             ([] if cfg.protect.surrogate else ["bundled surrogate"]) + \
             ([f"{mode} identities"] if len(modes) > 1 else [])
         label = "protect" + f" ({', '.join(notes)})"
-        train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces),
-                                                   "objective": objective, "chroma": chroma}, faces, folder,
-                      stem="victim")
+        try:
+            folder, faces = st.protect(split, mode, suffix)
+            train_victims(f"protect{suffix}", label, {"kind": "protect", "identities": mode, "faces": len(faces),
+                                                       "objective": objective, "chroma": chroma}, faces, folder,
+                          stem="victim")
+        except Pending as exc:
+            left_out(label, exc)
     # 6. evaluation
     own = cfg.stage_dir in (None, cfg.name)  # sharing another experiment's stages: keep its evaluation apart
     eval_dir = st.root / ("eval" if own else f"eval-{cfg.name}")
@@ -161,7 +200,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         "heldout": {"identities": len(split.celeba_heldout), "faces": len(split.heldout)},
         "cfp_eval_folds": split.eval_folds, "timings_s": st.timings, "stages_run": st.ran,
         "poison_sets": poison_sets, "victim_seeds": list(cfg.victim_seeds), "eval_every": cfg.eval_every,
-        "defended": defended,
+        "defended": defended, "pending": pending,
         "total_wall_s_this_invocation": round(time.perf_counter() - start, 1),
         "machine": evaluation["machine"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "code_revision": code_revision(), "command": f"facepoison experiment {config_path}",

@@ -83,6 +83,10 @@ def stamp_path(marker: Path) -> Path:
     return marker.with_name(marker.name + ".stage.json")
 
 
+class Pending(Exception):  # noqa: N818 - not an error: a stage that a finished-only run does not run
+    """A stage not finished yet, met by a run that only reports finished stages (``finished_only``)."""
+
+
 class Stages:
     """Runs the stages, keeping the wall time of each (also for cached stages, from their first run).
 
@@ -90,13 +94,15 @@ class Stages:
         cfg: the experiment.
         log: called with one line per stage started or found cached.
         progress: progress bars for the long stages.
+        finished_only: run no stage; a stage that is not finished raises :class:`Pending`.
     """
 
     def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None] = lambda m: None,
-                 progress: ProgressFactory = no_progress) -> None:
+                 progress: ProgressFactory = no_progress, finished_only: bool = False) -> None:
         self.cfg = cfg
         self.log = log
         self.progress = progress
+        self.finished_only = finished_only
         self.root = Path(cfg.run_dir) / (cfg.stage_dir or cfg.name)
         self.root.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
@@ -115,6 +121,8 @@ class Stages:
             self.timings[name] = json.loads(stamp.read_text())["seconds"]
             self.log(f"{name}: cached ({marker})")
             return None
+        if self.finished_only:
+            raise Pending(name)
         partial = marker.with_name(marker.name + ".stage.partial.json")
         before = float(json.loads(partial.read_text())["seconds"]) if partial.is_file() else 0.0
         self.log(f"{name} ..." + (f" (resumed; {before:.0f} s spent on it before)" if before else ""))
