@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facepoison.augment import augmentation_for
-from facepoison.losses import check_precision
 from facepoison.minmin import (
     CheckpointMismatch,
     ImageSource,
     LossFn,
+    MinMinConfig,
     MinMinState,
     image_reader,
     load_checkpoint,
@@ -46,66 +45,6 @@ __all__ = ["CheckpointMismatch", "ImageSource", "LossFn", "MinMinConfig", "MinMi
            "craft_error_minimizing", "default_loss"]
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class MinMinConfig:
-    """Settings of the min-min loop.
-
-    Attributes:
-        eps: L∞ radius in /255 units (8 means 8/255), in (0, 255].
-        noise_steps: signed-gradient steps on the noise of each batch, per pass over the set.
-        step_size: noise step as a fraction of ε (0.1: ε/10 per signed step, as in Huang et al.).
-        train_steps: surrogate SGD steps on the poisoned set between noise passes; 0 keeps the surrogate fixed.
-        lr: surrogate learning rate.
-        momentum: surrogate SGD momentum.
-        batch_size: images per batch, for the noise passes and for the surrogate's steps.
-        max_rounds: most rounds (surrogate steps + one noise pass); the loop may stop earlier.
-        stop_accuracy: stop when the surrogate's accuracy on the poisoned set, in eval mode, reaches this.
-        classwise: one pattern per class (identity) instead of one per image.
-        augment: augmentation name (``shift_flip``, ``flip``, ``none``), used for noise and surrogate steps.
-        max_shift: largest shift of ``shift_flip``; < 1 is a fraction of the image width.
-        seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
-        chroma: the colour part of the noise kept after every step, in [0, 1] (see
-            :func:`facepoison.losses.limit_chroma`).
-        precision: ``float32`` or ``bfloat16`` (bf16 autocast of the surrogate's forward and backward, in the noise
-            steps and the surrogate's steps; the accuracy pass, the noise and the parameters stay float32).
-    """
-
-    eps: float = 8.0
-    noise_steps: int = 10
-    step_size: float = 0.1
-    train_steps: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    batch_size: int = 128
-    max_rounds: int = 20
-    stop_accuracy: float = 0.99
-    classwise: bool = False
-    augment: str = "shift_flip"
-    max_shift: float = 0.125
-    seed: int = 0
-    chroma: float = 1.0
-    precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision)
-        if not (0 < self.eps <= 255):
-            raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
-        if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
-            raise ValueError(f"need noise_steps >= 1, train_steps >= 0, max_rounds >= 1 and batch_size >= 1, got "
-                             f"{self.noise_steps}, {self.train_steps}, {self.max_rounds}, {self.batch_size}")
-        if self.step_size <= 0 or self.lr <= 0 or not (0 <= self.momentum < 1):
-            raise ValueError(f"need step_size > 0, lr > 0 and momentum in [0, 1), got {self.step_size:g}, "
-                             f"{self.lr:g}, {self.momentum:g}")
-        if not (0 < self.stop_accuracy <= 1):
-            raise ValueError(f"stop_accuracy must be in (0, 1], got {self.stop_accuracy:g}")
-        augmentation_for(self.augment, self.max_shift)
-
-    @property
-    def eps_unit(self) -> float:
-        """ε in [0, 1] pixel units."""
-        return self.eps / 255.0
-
 
 @dataclass
 class MinMinRound:

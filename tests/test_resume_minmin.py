@@ -71,7 +71,7 @@ def test_stage_seconds_add_up_over_killed_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(st, "HEARTBEAT_S", 0.05)
     runner = st.Stages.__new__(st.Stages)  # only timed() is used: no data, no device
-    runner.timings, runner.ran, runner.log = {}, [], lambda m: None
+    runner.timings, runner.ran, runner.log, runner.finished_only = {}, [], lambda m: None, False
     marker = tmp_path / "out.bin"
 
     def killed():
