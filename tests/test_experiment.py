@@ -229,6 +229,7 @@ def test_finished_only_reports_the_finished_sets_and_runs_no_stage(tmp_path, cap
     finished sets and names the others; before anything is finished it is a one-line usage error."""
     config = tiny_config(tmp_path)
     config["poisons"] = [{"objective": "random", "eps": 8}, {"objective": "alignment", "eps": 8}]
+    config["figures"] = False  # and a report without its figures
     path = tmp_path / "faces_tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["experiment", str(path), "--finished-only", "-q"]) == 2
@@ -248,5 +249,7 @@ def test_finished_only_reports_the_finished_sets_and_runs_no_stage(tmp_path, cap
     assert [m["label"] for m in data["models"]] == ["clean", "random 8/255"]
     assert data["stages_run"] == [] and out["pending"] == data["pending"]
     assert [p.split(" (stage")[0] for p in data["pending"]] == ["alignment 8/255 (R18)", "protect (error_min_identity)"]
-    assert "**Partial report**" in (tmp_path / "report" / "faces_tiny.md").read_text()
+    md = (tmp_path / "report" / "faces_tiny.md").read_text()
+    assert "**Partial report**" in md and "`figures: false`" in md and "![" not in md
+    assert not list((tmp_path / "report").glob("*.png"))
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")} == outputs  # nothing trained again

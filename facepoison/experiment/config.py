@@ -123,6 +123,8 @@ class ExperimentConfig:
             to reuse its surrogates, poisons and victims.
         lfw, lfw_pairs, bins: optional extra verification benchmarks.
         figure_faces: rows of the figure of clean and poisoned faces.
+        figures: copy the ROC curves and the faces figure beside the report; false for a side report whose figures
+            another report already shows (the tables stay).
         device: ``auto``, ``cpu``, ``cuda``.
         notes: free text copied into the report.
 
@@ -155,6 +157,7 @@ class ExperimentConfig:
     lfw_pairs: str | None = None
     bins: Mapping[str, str] = field(default_factory=dict)
     figure_faces: int = 4
+    figures: bool = True
     device: str = "auto"
     notes: str = ""
 

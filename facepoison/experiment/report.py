@@ -153,6 +153,14 @@ above as noise.
 """
 
 
+def figures_section(cfg: ExperimentConfig, roc_name: str, fig_name: str) -> str:
+    """Links to the ROC curves and the faces figure, or why there are none (``figures: false``)."""
+    if not cfg.figures:
+        return "Not kept for this report (`figures: false` in its config); the tables above are complete."
+    return (f"ROC curves of every victim per benchmark: ![ROC]({roc_name})\n\n"
+            f"Clean release faces and their alignment-poisoned versions: ![faces]({fig_name})")
+
+
 def pending_note(result: dict) -> str:
     """The paragraph that says a report is partial (``--finished-only``) and what it leaves out; empty otherwise."""
     if not result.get("pending"):
@@ -191,7 +199,7 @@ def write_report(result: dict, cfg: ExperimentConfig, config_path: Path, roc: Pa
     stem_name = stem if stem.startswith("faces") else f"faces_{stem}"
     roc_name, fig_name = f"{stem_name}_roc.png", f"{stem_name}_faces.png"
     for src, name in ((roc, roc_name), (figure, fig_name)):
-        if src is not None:
+        if src is not None and cfg.figures:
             with atomic_path(report_dir / name) as tmp:
                 shutil.copyfile(src, tmp)
     timings = "\n".join(f"| {k} | {'reused from an earlier identical run' if v is None else f'{v:.0f}'} |"
@@ -249,9 +257,7 @@ with the CPU-sized models of the config, so absolute numbers differ; compare the
 
 ## Figures
 
-ROC curves of every victim per benchmark: ![ROC]({roc_name})
-
-Clean release faces and their alignment-poisoned versions: ![faces]({fig_name})
+{figures_section(cfg, roc_name, fig_name)}
 
 ## Wall time per stage (seconds, first run of each stage)
 
