@@ -27,10 +27,12 @@ Source = str | bytes
 
 
 def source_key(sources: Sequence[Source], extra: str = "", known: Container[str] = ()) -> str:
-    """A content key for a list of image sources: paths with their size and mtime, or the bytes' hash.
+    """A content key for a list of image sources: paths with the hash of their bytes, or the bytes' hash.
 
     Paths in ``known`` (faces taken from a prepared face set, whose own checksum belongs in ``extra``) enter
-    by name only, and so do paths that do not exist: the key never needs the raw image files.
+    by name only, and so do paths that do not exist: the key never needs the raw image files. A file's key
+    follows its content, not its modification time, so a data folder copied or touched again (a fresh
+    machine, a restored backup) keeps its cached faces and embeddings.
     """
     h = hashlib.sha256(extra.encode())
     for s in sources:
@@ -39,9 +41,17 @@ def source_key(sources: Sequence[Source], extra: str = "", known: Container[str]
         elif s in known or not os.path.exists(s):
             h.update(f"{s}\0known\n".encode())
         else:
-            st = os.stat(s)
-            h.update(f"{s}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{s}\0{_file_digest(s)}\n".encode())
     return h.hexdigest()[:20]
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def center_square(image: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:

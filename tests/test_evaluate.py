@@ -147,3 +147,22 @@ def test_evaluate_bad_input(fixtures, tmp_path, capsys, case):
     rc, err = run_bad(args, capsys)
     assert rc == 2 and len(err) == 1 and expect in err[0], err
     assert not (out / "report.json").exists() and not (out / "report.md").exists()
+
+
+def test_source_key_follows_content_not_modification_time(tmp_path):
+    """A data folder copied or touched again (a fresh machine) keeps its cache; changed bytes do not."""
+    import os
+
+    from eval.faces import source_key
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(b"face one")
+    b.write_bytes(b"face two")
+    key = source_key([str(a), str(b)], "cfp")
+    os.utime(a, ns=(1, 1))  # a new modification time, same bytes
+    assert source_key([str(a), str(b)], "cfp") == key
+    a.write_bytes(b"face 1!!")  # same size, other bytes
+    os.utime(a, ns=(1, 1))
+    assert source_key([str(a), str(b)], "cfp") != key
+    assert source_key([str(a), str(b)], "cfp", known={str(a), str(b)}) != key  # known paths enter by name only
+    assert source_key([str(a), str(b)], "lfw") != source_key([str(a), str(b)], "cfp")
