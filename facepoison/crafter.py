@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
+from facepoison.errors import check_eps
 from facepoison.losses import LogitsFn, check_precision, precision_autocast, project, quantize_delta
 from facepoison.objectives import Objective, objective_logits_fn
 from facepoison.regularizers import REGULARIZERS
@@ -65,8 +66,7 @@ class CrafterConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if not (0 < self.eps <= 255):
-            raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
+        check_eps(self.eps)
         if not (0.0 <= self.chroma <= 1.0):
             raise ValueError(f"chroma must be in [0, 1], got {self.chroma:g}")
         if self.steps < 0 or self.restarts < 1:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
+from facepoison.errors import check_eps
 from facepoison.losses import check_precision, limit_chroma, precision_autocast, project, trainable_parameters
 from recognition.atomic import atomic_path
 
@@ -74,8 +75,7 @@ class MinMinConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if not (0 < self.eps <= 255):
-            raise ValueError(f"eps must be in (0, 255] (in /255 units), got {self.eps:g}")
+        check_eps(self.eps)
         if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
             raise ValueError(f"need noise_steps >= 1, train_steps >= 0, max_rounds >= 1 and batch_size >= 1, got "
                              f"{self.noise_steps}, {self.train_steps}, {self.max_rounds}, {self.batch_size}")
