@@ -3,6 +3,8 @@
 # the same cached stages when time is left). Run right after scripts/gpu_speed.sh on the warm machine, which left the
 # CelebA-wild set in /tmp/fpdata; carries .gpu/faces/ (cfp.h5, cfp/Protocol, cfp_lfw_name_overlap.tsv) and .whl/.
 # BUDGET (seconds, default 450) bounds both experiments; the reports, logs and the run's metadata come back in $OUT.
+# CONFIGS (default "configs/faces_gpu.yaml configs/faces_gpu16.yaml") names the experiments, run in order while
+# more than 170 s of the budget is left, e.g. CONFIGS=configs/faces_gpu_targeted.yaml BUDGET=560.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 t0=$(date +%s); budget=${BUDGET:-450}
@@ -16,10 +18,13 @@ run() {  # config, seconds
   timeout "$2" python3 -m facepoison experiment "$1" --device cuda > "$OUT/$(basename "$1" .yaml).log" 2>&1
   echo "$1 exit $? after $(( $(date +%s) - t0 )) s"
 }
-run configs/faces_gpu.yaml $((budget - 10))
-left=$((budget - $(date +%s) + t0))
-if [ "$left" -gt 170 ]; then run configs/faces_gpu16.yaml $((left - 10)); else echo "faces_gpu16 skipped: ${left} s left"; fi
+first=1
+for cfg in ${CONFIGS:-configs/faces_gpu.yaml configs/faces_gpu16.yaml}; do
+  left=$((budget - $(date +%s) + t0))
+  if [ "$first" = 1 ] || [ "$left" -gt 170 ]; then run "$cfg" $((left - 10)); else echo "$cfg skipped: ${left} s left"; fi
+  first=0
+done
 tar czf "$OUT/reports.tgz" docs/results/faces_gpu* 2>/dev/null
 find runs/experiments/faces_gpu -name "*.json" | tar czf "$OUT/meta.tgz" -T - 2>/dev/null
 for f in "$OUT"/*.log; do tr '\r' '\n' < "$f" | grep -v "it/s\|step/s\|s/it\|round/s" > "$f.txt"; rm "$f"; done
-tail -n 25 "$OUT"/faces_gpu.log.txt; grep -A12 "^| Set" docs/results/faces_gpu.md docs/results/faces_gpu16.md 2>/dev/null
+tail -n 25 "$OUT"/*.log.txt; grep -A12 "^| Set" docs/results/faces_gpu*.md 2>/dev/null
