@@ -1,4 +1,8 @@
-"""``facepoison protect INPUT... --out OUT_DIR``: give every face in a folder of photos an alignment poison.
+"""``facepoison protect INPUT... --out OUT_DIR``: protect every face in a folder of photos against face recognizers.
+
+Each face gets a small perturbation (default: identity-wise error-minimizing noise, one pattern per person, the
+winner of the face objective ablation) that makes a recognizer trained on the photos learn the pattern instead of
+the face.
 
 The output folder mirrors the inputs' relative tree and file names; inputs are never modified. Each
 finished photo is written atomically and gets a line in ``OUT_DIR/manifest.jsonl`` at once, so a killed
