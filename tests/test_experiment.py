@@ -253,3 +253,12 @@ def test_finished_only_reports_the_finished_sets_and_runs_no_stage(tmp_path, cap
     assert "**Partial report**" in md and "`figures: false`" in md and "![" not in md
     assert not list((tmp_path / "report").glob("*.png"))
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")} == outputs  # nothing trained again
+    # an experiment sharing these stages (stage_dir) reports apart but reuses the embeddings: none is computed again
+    embedded = {p: p.stat().st_mtime_ns for p in (run / "eval" / "cache").glob("emb-*.h5")}
+    assert embedded
+    side = {**config, "name": "tiny_side", "stage_dir": "tiny"}
+    (tmp_path / "side.yaml").write_text(yaml.safe_dump(side))
+    assert main(["experiment", str(tmp_path / "side.yaml"), "--finished-only", "-q"]) == 0
+    assert (tmp_path / "report" / "faces_side.md").is_file() and (run / "eval-tiny_side" / "report.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (run / "eval" / "cache").glob("emb-*.h5")} == embedded
+    assert not (run / "eval-tiny_side" / "cache").exists()

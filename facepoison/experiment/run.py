@@ -171,9 +171,12 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     # 6. evaluation
     own = cfg.stage_dir in (None, cfg.name)  # sharing another experiment's stages: keep its evaluation apart
     eval_dir = st.root / ("eval" if own else f"eval-{cfg.name}")
+    # ...but not its cache: embeddings are keyed by checkpoint and face content, so experiments sharing the stages
+    # reuse each other's (a victim shared by five reports is embedded once)
+    eval_cache = st.root / "eval" / "cache"
     t0 = time.perf_counter()
     evaluation = evaluate_faces(FaceEvaluation(
-        models=tuple((label, str(path)) for label, path, _ in victims), out=str(eval_dir),
+        models=tuple((label, str(path)) for label, path, _ in victims), out=str(eval_dir), cache=str(eval_cache),
         lfw=cfg.lfw if cfg.lfw and cfg.lfw_pairs else None, lfw_pairs=cfg.lfw_pairs if cfg.lfw else None,
         cfp=cfg.data.cfp_root, cfp_faces=str(cfp), cfp_folds=",".join(str(f) for f in split.eval_folds) or None,
         bins=tuple(cfg.bins.items()), ident=str(celeba), ident_split=str(st.root / "splits" / "celeba_heldout.txt"),
