@@ -44,7 +44,7 @@ class CrafterConfig:
         independent: detach ‖g‖ in the alignment loss, so each image or shard is crafted on its own.
         seed: base seed; chunk k draws its randomness from a generator seeded by (seed, k).
         chroma: the colour part of Δ kept at every projection, in [0, 1] (1: unconstrained; 0: grey only);
-            see :func:`facepoison.losses.limit_chroma`.
+            see :func:`facepoison.losses.bound_chroma`.
         precision: ``float32`` or ``bfloat16``: the surrogate's forward and the double backward under bf16
             autocast (parameters, Δ, Adam and the projection stay float32). Faster on GPUs with bf16 matrix
             units; the objective moves a little (see tests/test_crafter.py for the tolerance on a tiny model).

@@ -142,6 +142,9 @@ def alignment_loss(target: Tensor, grad: Tensor, independent: bool = False) -> T
 def limit_chroma(delta: Tensor, chroma: float) -> Tensor:
     """Scale the colour part of RGB perturbations: δ_c ← m + chroma·(δ_c − m), m the mean of δ over the channels.
 
+    For a perturbation drawn once (random patterns). Iterative crafting bounds the colour part instead
+    (:func:`bound_chroma`): scaling at every step would shrink it geometrically, to nothing.
+
     ``chroma`` 1 leaves δ as it is; 0 keeps only its grey (luminance) part, which shows as fine grain rather
     than green and magenta blotches on smooth skin. Tensors with other than 3 channels are returned as given.
 
@@ -158,9 +161,36 @@ def limit_chroma(delta: Tensor, chroma: float) -> Tensor:
     return grey + chroma * (delta - grey)
 
 
+def bound_chroma(delta: Tensor, chroma: float, eps: float) -> Tensor:
+    """Bound the colour part of RGB perturbations by ``chroma`` times the largest one an L∞ ε-ball allows.
+
+    The colour part of δ is δ_c − m, m the mean of δ over the channels; inside the ε-ball it is at most 4ε/3 per
+    channel (δ = (ε, −ε, −ε)). Unlike :func:`limit_chroma`, which scales, this is a bound: applying it again
+    changes nothing, so iterative crafting (a projection after every step) keeps a colour part of up to
+    ``chroma``·4ε/3 instead of shrinking it by ``chroma`` at every step. ``chroma`` 1 leaves δ as it is; 0 keeps
+    only the grey part. Tensors with other than 3 channels are returned as given.
+
+    Shape: ``(N, 3, H, W)`` → same.
+
+    Example:
+        >>> d = torch.tensor([[[[0.03]], [[-0.03]], [[0.0]]]])
+        >>> [round(v, 4) for v in bound_chroma(bound_chroma(d, 0.5, 0.03), 0.5, 0.03).flatten().tolist()]
+        [0.02, -0.02, 0.0]
+    """
+    if chroma >= 1.0 or delta.ndim != 4 or delta.shape[1] != 3:
+        return delta
+    grey = delta.mean(dim=1, keepdim=True)
+    colour = delta - grey
+    peak = colour.abs().amax(dim=1, keepdim=True)
+    bound = chroma * 4.0 * eps / 3.0
+    # scale each pixel's colour vector (not each channel alone): its channels keep summing to 0, so the grey part
+    # stays, and δ stays a convex combination of itself and its grey part, inside the ε-ball when it was
+    return grey + colour * (bound / peak.clamp_min(1e-12)).clamp(max=1.0)
+
+
 def project(delta: Tensor, images: Tensor, eps: float, chroma: float = 1.0) -> Tensor:
-    """Project perturbations onto the ε-ball (L∞) ∩ {δ : images + δ ∈ [0, 1]}, after limiting their colour part
-    (:func:`limit_chroma`) when ``chroma`` < 1.
+    """Project perturbations onto the ε-ball (L∞) ∩ {δ : images + δ ∈ [0, 1]}, bounding their colour part
+    (:func:`bound_chroma`) inside the ball when ``chroma`` < 1.
 
     Args:
         delta: perturbations, same shape as ``images``.
@@ -168,7 +198,7 @@ def project(delta: Tensor, images: Tensor, eps: float, chroma: float = 1.0) -> T
         eps: radius in [0, 1] pixel units.
         chroma: the colour part kept, in [0, 1].
     """
-    delta = limit_chroma(delta, chroma).clamp(-eps, eps)
+    delta = bound_chroma(delta.clamp(-eps, eps), chroma, eps)
     return (images + delta).clamp(0.0, 1.0) - images
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
 from facepoison.errors import check_eps
-from facepoison.losses import check_precision, limit_chroma, precision_autocast, project, trainable_parameters
+from facepoison.losses import bound_chroma, check_precision, precision_autocast, project, trainable_parameters
 from recognition.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class MinMinConfig:
         max_shift: largest shift of ``shift_flip``; < 1 is a fraction of the image width.
         seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
         chroma: the colour part of the noise kept after every step, in [0, 1] (see
-            :func:`facepoison.losses.limit_chroma`).
+            :func:`facepoison.losses.bound_chroma`).
         precision: ``float32`` or ``bfloat16`` (bf16 autocast of the surrogate's forward and backward, in the noise
             steps and the surrogate's steps; the accuracy pass, the noise and the parameters stay float32).
     """
@@ -253,8 +253,8 @@ class MinMinState:
             # the gradient w.r.t. Δ_k sums those of the batch's images of class k; classes absent get 0 (no step)
             (grad,) = torch.autograd.grad(loss, pattern)
             with torch.no_grad():
-                step = limit_chroma(pattern - self.alpha * grad.sign(), self.config.chroma)
-                self.class_delta = step.clamp(-self.eps, self.eps)
+                step = (pattern - self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+                self.class_delta = bound_chroma(step, self.config.chroma, self.eps)
         return loss.item()
 
     @torch.no_grad()
