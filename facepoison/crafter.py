@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
-from facepoison.errors import check_eps
+from facepoison.errors import check_chroma, check_eps
 from facepoison.losses import LogitsFn, check_precision, precision_autocast, project, quantize_delta
 from facepoison.objectives import Objective, objective_logits_fn
 from facepoison.regularizers import REGULARIZERS
@@ -67,8 +67,7 @@ class CrafterConfig:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_eps(self.eps)
-        if not (0.0 <= self.chroma <= 1.0):
-            raise ValueError(f"chroma must be in [0, 1], got {self.chroma:g}")
+        check_chroma(self.chroma)
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={self.steps}, restarts={self.restarts}")
         for name in self.regularizers:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
-from facepoison.errors import check_eps
+from facepoison.errors import check_chroma, check_eps
 from facepoison.losses import bound_chroma, check_precision, precision_autocast, project, trainable_parameters
 from recognition.atomic import atomic_path
 
@@ -76,6 +76,7 @@ class MinMinConfig:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_eps(self.eps)
+        check_chroma(self.chroma)
         if self.noise_steps < 1 or self.train_steps < 0 or self.max_rounds < 1 or self.batch_size < 1:
             raise ValueError(f"need noise_steps >= 1, train_steps >= 0, max_rounds >= 1 and batch_size >= 1, got "
                              f"{self.noise_steps}, {self.train_steps}, {self.max_rounds}, {self.batch_size}")

@@ -105,6 +105,8 @@ def test_identity_wise_noise_with_chroma_zero_is_grey(tiny):
 def test_chroma_outside_unit_interval_is_refused():
     with pytest.raises(ValueError, match="chroma"):
         CrafterConfig(chroma=1.5)
+    with pytest.raises(ValueError, match="chroma"):
+        MinMinConfig(chroma=-0.1)
 
 
 def test_identity_wise_noise_keeps_its_allowed_colour_over_many_steps(tiny):

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from facepoison.errors import UsageError, check_eps
+from facepoison.errors import UsageError, check_chroma, check_eps
 from facepoison.objectives import OBJECTIVES, create_objective
 from facepoison.protect.surrogate import DEFAULT_SURROGATE, IDENTITY_MODES, Surrogate, imprint_centers
 from facepoison.runtime import resolve_device
@@ -81,8 +81,7 @@ class ProtectSettings:
         if self.steps < 1 or self.batch_size < 1:
             raise UsageError("steps and batch size must be >= 1")
         check_eps(self.eps, UsageError)
-        if not (0.0 <= self.chroma <= 1.0):
-            raise UsageError(f"chroma must be in [0, 1], got {self.chroma:g}")
+        check_chroma(self.chroma, UsageError)
         if self.objective not in OBJECTIVES or self.objective in ("random", "tensorclog"):
             valid = [n for n in OBJECTIVES.names() if n not in ("random", "tensorclog")]
             raise UsageError(f"unknown protect objective {self.objective!r}; valid: {', '.join(valid)}")
