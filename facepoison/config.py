@@ -171,6 +171,9 @@ class MinMinOptions:
 class CraftCommandConfig:
     """``facepoison craft``: data, crafting settings, objective, surrogate, target estimate, batch size, device.
 
+    ``ensemble`` names further surrogate checkpoints crafted against together with ``surrogate`` (the min-min
+    objectives only; see :mod:`facepoison.ensemble`).
+
     Example:
         >>> CraftCommandConfig(objective="error_min_identity").min_min.max_rounds
         20
@@ -180,6 +183,7 @@ class CraftCommandConfig:
     craft: CrafterConfig = field(default_factory=CrafterConfig)
     objective: str = "alignment"
     surrogate: str = ""
+    ensemble: tuple[str, ...] = ()
     target_fraction: float = 0.1
     target_samples: int | None = None
     batch_size: int = 128

@@ -22,11 +22,12 @@ from torch import nn
 from facepoison.config import CraftCommandConfig, to_dict
 from facepoison.crafter import PoisonCrafter, craft_dataset, num_chunks
 from facepoison.data import ImageSet
+from facepoison.ensemble import SurrogateEnsemble
 from facepoison.errors import UsageError
 from facepoison.losses import quantize_delta
-from facepoison.objectives import create_objective
+from facepoison.objectives import OBJECTIVES, create_objective
 from facepoison.provenance import code_revision, file_sha256
-from facepoison.runtime import ProgressFactory, no_progress
+from facepoison.runtime import ProgressFactory, load_classifier, no_progress
 from facepoison.store import FORMAT, StoreWriter, done_chunks, merge_parts, part_paths, read_attrs
 from recognition.faceset import FaceSet
 from recognition.train import rank as process_rank
@@ -46,6 +47,8 @@ def fingerprint(cfg: CraftCommandConfig, surrogate_sha: str, data: ImageSet | Fa
     """What a partial store must share with this run to be resumed: settings, surrogate and data."""
     settings = to_dict(cfg)
     settings.pop("device")
+    if not settings["ensemble"]:
+        del settings["ensemble"]  # stores made before ensembles existed keep their fingerprint
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(surrogate_sha.encode())
     digest.update(data.ids.numpy().tobytes())
@@ -80,6 +83,8 @@ def craft_store(
     rank, world = process_rank(), world_size()
     check_surrogate_fits(cfg, meta, data)
     surrogate_sha = file_sha256(cfg.surrogate)
+    if cfg.ensemble:
+        model, surrogate_sha = _ensemble(cfg, data, model, surrogate_sha)
     fp = fingerprint(cfg, surrogate_sha, data)
     n, n_chunks = len(data), num_chunks(len(data), cfg.batch_size)
     if out.is_file():  # finished earlier (e.g. killed after the merge, before the caller noted it)
@@ -137,6 +142,23 @@ def craft_store(
     return {"store": str(out), "images": n, "resumed_chunks": len(finished), "crafted_images_rank0": crafted,
             "target_seconds": round(target_seconds, 2), "craft_seconds": round(craft_seconds, 2),
             "image_steps_per_s": round(crafted * steps / craft_seconds, 2) if craft_seconds else None}
+
+
+def _ensemble(cfg: CraftCommandConfig, data: ImageSet | FaceSet, model: nn.Module, surrogate_sha: str
+              ) -> tuple[SurrogateEnsemble, str]:
+    """``model`` and the surrogates of ``cfg.ensemble`` as one :class:`SurrogateEnsemble`, and the digest of all
+    their files (what the store's fingerprint depends on)."""
+    objective = OBJECTIVES.get(cfg.objective)
+    if not (objective.dataset_level and objective.optimizes):
+        raise UsageError(f"an ensemble of surrogates works with the min-min objectives (error_min, "
+                         f"error_min_identity), not {cfg.objective}")
+    members, digests = [model], [surrogate_sha]
+    for path in cfg.ensemble:
+        member, meta = load_classifier(path)
+        check_surrogate_fits(dataclasses.replace(cfg, surrogate=path), meta, data)
+        members.append(member)
+        digests.append(file_sha256(path))
+    return SurrogateEnsemble(members), hashlib.sha256(":".join(digests).encode()).hexdigest()
 
 
 def minmin_checkpoint(out: Path) -> Path:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from facepoison.augment import Augmentation, augmentation_for
+from facepoison.ensemble import members_of
 from facepoison.errors import check_chroma, check_eps
 from facepoison.losses import bound_chroma, check_precision, precision_autocast, project, trainable_parameters
 from recognition.atomic import atomic_path
@@ -147,12 +148,15 @@ class ShuffledBatches(Iterator[Tensor]):
 class MinMinState:
     """The state of one run of the min-min loop: surrogate, noise, generator, batch order, and its steps.
 
-    Internal to :func:`facepoison.unlearnable.craft_error_minimizing`, which is the API.
+    Internal to :func:`facepoison.unlearnable.craft_error_minimizing`, which is the API. ``model`` may be a
+    :class:`~facepoison.ensemble.SurrogateEnsemble`: the loss is then the mean of its members' losses, each member
+    is trained on its own loss, and the accuracy is the least fitted member's.
     """
 
     def __init__(self, model: nn.Module, read: Callable[[Tensor], Tensor], labels: Tensor, num_classes: int,
                  sample_shape: tuple[int, ...], config: MinMinConfig, loss_fn: LossFn, device: torch.device) -> None:
         self.model, self.read, self.labels, self.config, self.loss_fn = model, read, labels, config, loss_fn
+        self.members = members_of(model)
         self.device = device
         self.eps = config.eps_unit
         self.alpha = config.step_size * self.eps
@@ -192,9 +196,11 @@ class MinMinState:
         return self.read(idx), self.labels[idx].to(self.device)
 
     def loss(self, inputs: Tensor, labels: Tensor) -> Tensor:
-        """The training loss of ``inputs`` (under the configured precision), as float32."""
+        """The training loss of ``inputs`` (under the configured precision), as float32; for an ensemble the mean
+        of its members' losses."""
         with precision_autocast(self.config.precision, self.device):
-            return self.loss_fn(self.model, inputs, labels).float()
+            losses = [self.loss_fn(member, inputs, labels).float() for member in self.members]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     def poisoned(self, images: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
         """clamp(x + δ, 0, 1), δ the image's noise or its class pattern (differentiable w.r.t. the pattern)."""
@@ -217,7 +223,7 @@ class MinMinState:
                 inputs = self.augment(self.poisoned(images, labels, idx))
             loss = self.loss(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * len(self.members)).backward()  # the members share no parameter: each gets its own loss's gradient
             self.optimizer.step()
             total += loss.item()
         return total / self.config.train_steps
@@ -260,14 +266,17 @@ class MinMinState:
 
     @torch.no_grad()
     def accuracy(self) -> float:
-        """Top-1 accuracy of ``model(x)`` (cosines for a face recognizer) on the un-augmented poisoned set."""
+        """Top-1 accuracy of ``model(x)`` (cosines for a face recognizer) on the un-augmented poisoned set; for an
+        ensemble, that of its least fitted member."""
         self.model.eval()
-        correct = 0
+        correct = torch.zeros(len(self.members), dtype=torch.long)
         for idx in self.batches:
             images, labels = self.batch(idx)
-            # float32: bf16 cosines tie often enough to misstate the accuracy the loop stops on
-            correct += int((self.model(self.poisoned(images, labels, idx)).argmax(1) == labels).sum())
-        return correct / len(self.labels)
+            poisoned = self.poisoned(images, labels, idx)
+            for i, member in enumerate(self.members):
+                # float32: bf16 cosines tie often enough to misstate the accuracy the loop stops on
+                correct[i] += int((member(poisoned).argmax(1) == labels).sum())
+        return int(correct.min()) / len(self.labels)
 
     @torch.no_grad()
     def per_image_delta(self) -> Tensor:

@@ -115,8 +115,10 @@ def craft_error_minimizing(
         >>> q = quantize_delta(result.delta, images_u8, cfg.eps_unit)  # doctest: +SKIP
 
     Args:
-        model: the surrogate. It is deep-copied (the caller's model is left untouched) unless ``in_place``;
-            the trained one is returned as ``result.surrogate``.
+        model: the surrogate, or a :class:`~facepoison.ensemble.SurrogateEnsemble` of several (the noise then
+            descends the mean of their losses, each is trained on its own loss, and the loop stops when the least
+            fitted one reaches ``stop_accuracy``). It is deep-copied (the caller's model is left untouched) unless
+            ``in_place``; the trained one is returned as ``result.surrogate``.
         images: the clean images, or a getter positions → images (see :data:`ImageSource`).
         labels: ``(N,)`` class (identity) indices.
         num_classes: K, the number of classes (the rows of the identity patterns).

@@ -171,6 +171,14 @@ def test_shipped_face_configs_parse():
                                                                                                  "single"]
     wide = load_config(ExperimentConfig, root / "faces_cpu_wide.yaml", {})
     assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 5 and not protect_modes(wide.protect)
+    from facepoison.experiment.config import check_config
+
+    ensemble = load_config(ExperimentConfig, root / "faces_ensemble.yaml", {})
+    check_config(ensemble)
+    fit = load_config(ExperimentConfig, root / "faces_fit.yaml", {})
+    assert ensemble.poisons[1].surrogates == ["resnet18", "resnet18_b"]
+    assert ensemble.surrogate_seeds == {"resnet18_b": 1}
+    assert (ensemble.victim, ensemble.victim_train, ensemble.min_min) == (fit.victim, fit.victim_train, fit.min_min)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32
 

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "set from facepoison prepare, crafted against a CosFace surrogate)")
     p.add_argument("--identities", help="face sets: craft on the identities named in this file, one per line")
     p.add_argument("--surrogate", help="checkpoint of the surrogate (from facepoison train)")
+    p.add_argument("--ensemble", action="append", metavar="CKPT",
+                   help="another surrogate checkpoint to craft against together with --surrogate, repeatable "
+                   "(error_min and error_min_identity only)")
     p.add_argument("--out", required=True, help="poison store to write (STORE.h5)")
     p.add_argument("--config", help="YAML config (sections data, craft; keys objective, surrogate, ...)")
     p.add_argument("--eps", help="L-inf bound in /255 units: 8 or 8/255 (default 8)")
@@ -77,6 +80,7 @@ def resolve_config(args: argparse.Namespace) -> CraftCommandConfig:
         "data.root": args.data, "data.identities": args.identities, "data.subset": args.subset,
         "data.subset_seed": args.subset_seed,
         "data.image_size": args.image_size, "surrogate": args.surrogate, "objective": args.objective,
+        "ensemble": tuple(args.ensemble) if args.ensemble else None,
         "craft.eps": parse_eps(args.eps) if args.eps is not None else None, "craft.steps": args.steps,
         "craft.restarts": args.restarts, "craft.independent": args.independent, "craft.step_size": args.step_size,
         "craft.augment": args.augment, "craft.chroma": args.chroma, "craft.precision": args.precision,

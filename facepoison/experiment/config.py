@@ -45,13 +45,19 @@ class ExperimentData:
 
 @dataclass(frozen=True)
 class PoisonRun:
-    """One poisoned release set: an objective at an ε (/255) against one of the named surrogates, optionally
-    with its own chroma limit (``craft.chroma`` otherwise)."""
+    """One poisoned release set: an objective at an ε (/255) against one of the named surrogates (or several
+    joined by ``+``, ``resnet18+resnet50``: an ensemble, for the min-min objectives), optionally with its own chroma
+    limit (``craft.chroma`` otherwise)."""
 
     objective: str = "alignment"
     eps: float = 8.0
     surrogate: str = "resnet18"
     chroma: float | None = None
+
+    @property
+    def surrogates(self) -> list[str]:
+        """The surrogate names crafted against (none for random noise)."""
+        return [] if self.objective == "random" else self.surrogate.split("+")
 
     @property
     def name(self) -> str:
@@ -103,6 +109,8 @@ class ExperimentConfig:
         data: faces and identity split.
         surrogates: named surrogate architectures (``resnet18: {name: resnet18, width: 16}``).
         surrogate_train, victim_train: training schedules.
+        surrogate_seeds: a training seed per surrogate name (``surrogate_train.seed`` for the others): two names with
+            one architecture and different seeds make an ensemble of seeds.
         victim: the victims' architecture.
         craft: crafting settings shared by every poison run (ε comes from the run).
         craft_batch_size: faces per crafting batch and store chunk.
@@ -139,6 +147,7 @@ class ExperimentConfig:
     data: ExperimentData = field(default_factory=ExperimentData)
     surrogates: Mapping[str, ModelConfig] = field(default_factory=lambda: {"resnet18": ModelConfig()})
     surrogate_train: TrainConfig = field(default_factory=TrainConfig)
+    surrogate_seeds: Mapping[str, int] = field(default_factory=dict)
     victim: ModelConfig = field(default_factory=ModelConfig)
     victim_train: TrainConfig = field(default_factory=TrainConfig)
     craft: CrafterConfig = field(default_factory=CrafterConfig)
@@ -224,10 +233,18 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
 
     for run in cfg.poisons:
         OBJECTIVES.get(run.objective)  # an unknown objective fails before any stage, listing the valid ones
-    used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
+    used = {name for run in cfg.poisons for name in run.surrogates}
     missing = sorted(used - set(cfg.surrogates))
     if missing:
         raise UsageError(f"poison runs name surrogates missing from surrogates: {', '.join(missing)}")
+    unknown = sorted(set(cfg.surrogate_seeds) - set(cfg.surrogates))
+    if unknown:
+        raise UsageError(f"surrogate_seeds names surrogates missing from surrogates: {', '.join(unknown)}")
+    for run in cfg.poisons:
+        objective = OBJECTIVES.get(run.objective)
+        if len(run.surrogates) > 1 and not (objective.dataset_level and objective.optimizes):
+            raise UsageError(f"{run.label}: an ensemble of surrogates works with the min-min objectives "
+                             "(error_min, error_min_identity) only")
     keys = [spec.key for spec in cfg.defenses]
     for spec in cfg.defenses:
         spec.build()  # an unknown defense or parameter fails before any stage

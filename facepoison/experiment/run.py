@@ -65,7 +65,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     """
     start = time.perf_counter()
     modes = check_config(cfg)  # a bad mode or surrogate name fails before any stage runs
-    used = {run.surrogate for run in cfg.poisons if run.objective != "random"}
+    used = {name for run in cfg.poisons for name in run.surrogates}
     st = Stages(cfg, log, progress, finished_only=finished_only)
     pending: list[str] = []
 
@@ -87,9 +87,10 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
     for name, mc in cfg.surrogates.items():
         if name not in used:  # only the surrogates some poison run crafts against
             continue
-        out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(cfg.surrogate_train), ids_key)}.pt"
+        train = dataclasses.replace(cfg.surrogate_train, seed=cfg.surrogate_seeds.get(name, cfg.surrogate_train.seed))
+        out = st.root / "surrogates" / f"{name}-{key(to_dict(mc), to_dict(train), ids_key)}.pt"
         try:
-            surrogates[name] = st.train(f"surrogate {name}", mc, cfg.surrogate_train, split.release, out)
+            surrogates[name] = st.train(f"surrogate {name}", mc, train, split.release, out)
         except Pending as exc:
             left_out(f"surrogate {name}", exc)
     ident = FaceSet(celeba).restrict(split.celeba_heldout)
@@ -127,12 +128,13 @@ def run_experiment(cfg: ExperimentConfig, config_path: Path, log: Callable[[str]
         raise UsageError(f"nothing finished to report yet: {exc} is not done") from None
     stores: dict[str, tuple[PoisonRun, Path]] = {}
     for run in cfg.poisons:  # each set's victims right after its craft: a run stopped mid-way leaves whole sets
-        sur = surrogates.get(run.surrogate) if run.objective != "random" else None
-        if run.objective != "random" and sur is None:  # finished-only, its surrogate not trained
-            left_out(run.label, f"surrogate {run.surrogate}")
+        missing = [name for name in run.surrogates if name not in surrogates]
+        if missing:  # finished-only, its surrogate not trained
+            left_out(run.label, f"surrogate {missing[0]}")
             continue
+        sur = [surrogates[name] for name in run.surrogates]
         try:
-            store = st.craft(run, sur, split.release, f"release:{ids_key}")
+            store = st.craft(run, sur[0] if sur else None, split.release, f"release:{ids_key}", ensemble=sur[1:])
             train_victims(run.name, run.label, {"kind": "poison", **dataclasses.asdict(run)}, split.release,
                           st.root / "victims", poisons=store)
         except Pending as exc:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ def key(*parts: Any) -> str:
 
 LATER_FIELDS: dict[str, dict[tuple[str, ...], Any]] = {
     # stage: {path of a setting added after the stage's outputs were first cached: the value every earlier run had}
-    "craft": {("craft", "precision"): "float32"},
+    "craft": {("craft", "precision"): "float32", ("ensemble",): []},
     "protect": {("chroma",): 1.0},
 }
 
@@ -195,12 +195,15 @@ class Stages:
         return out
 
     # 4. crafting ---------------------------------------------------------------------------------------
-    def craft(self, run: PoisonRun, surrogate: Path | None, data, data_key: str) -> Path:
-        """The poison store of ``run`` over ``data`` (random noise needs no surrogate)."""
+    def craft(self, run: PoisonRun, surrogate: Path | None, data, data_key: str, ensemble: Sequence[Path] = ()
+              ) -> Path:
+        """The poison store of ``run`` over ``data`` (random noise needs no surrogate), crafted against ``surrogate``
+        and the further surrogates of ``ensemble``."""
         craft_cfg = dataclasses.replace(self.cfg.craft, eps=float(run.eps),
                                         **({} if run.chroma is None else {"chroma": float(run.chroma)}))
         cfg = CraftCommandConfig(data=DataConfig(root=data_key), craft=craft_cfg, objective=run.objective,
                                  surrogate=str(surrogate) if surrogate else "",
+                                 ensemble=tuple(str(p) for p in ensemble),
                                  target_fraction=self.cfg.target_fraction, batch_size=self.cfg.craft_batch_size,
                                  min_min=self.cfg.min_min, device=self.cfg.device)
         out = self.root / "poisons" / f"{run.name}-{key(keyed('craft', to_dict(cfg)), str(surrogate))}.h5"
