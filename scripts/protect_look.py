@@ -25,7 +25,8 @@ from facepoison.protect import Protector, ProtectSettings
 from facepoison.provenance import code_revision
 from recognition.atomic import atomic_path, atomic_write
 
-SETTINGS = [("alignment", 1.0), ("alignment", 0.25), ("error_min_identity", 1.0), ("error_min_identity", 0.25),
+SETTINGS = [("alignment", 1.0), ("alignment", 0.25), ("error_min_identity", 1.0), ("error_min_identity", 0.5),
+            ("error_min_identity", 0.25),
             ("adversarial", 1.0)]
 
 

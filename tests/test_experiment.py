@@ -179,6 +179,9 @@ def test_shipped_face_configs_parse():
     assert ensemble.poisons[1].surrogates == ["resnet18", "resnet18_b"]
     assert ensemble.surrogate_seeds == {"resnet18_b": 1}
     assert (ensemble.victim, ensemble.victim_train, ensemble.min_min) == (fit.victim, fit.victim_train, fit.min_min)
+    look = load_config(ExperimentConfig, root / "faces_protect_chroma.yaml", {})
+    assert check_config(look) == ["folder"] and look.protect.chroma == 0.5 and not look.poisons
+    assert (look.stage_dir, look.victim_train) == ("faces_objectives", fit.victim_train)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32
 
