@@ -22,10 +22,10 @@ from torch import nn
 from facepoison.config import CraftCommandConfig, to_dict
 from facepoison.crafter import PoisonCrafter, craft_dataset, num_chunks
 from facepoison.data import ImageSet
-from facepoison.ensemble import SurrogateEnsemble
+from facepoison.ensemble import SurrogateEnsemble, check_ensemble_objective
 from facepoison.errors import UsageError
 from facepoison.losses import quantize_delta
-from facepoison.objectives import OBJECTIVES, create_objective
+from facepoison.objectives import create_objective
 from facepoison.provenance import code_revision, file_sha256
 from facepoison.runtime import ProgressFactory, load_classifier, no_progress
 from facepoison.store import FORMAT, StoreWriter, done_chunks, merge_parts, part_paths, read_attrs
@@ -148,10 +148,7 @@ def _ensemble(cfg: CraftCommandConfig, data: ImageSet | FaceSet, model: nn.Modul
               ) -> tuple[SurrogateEnsemble, str]:
     """``model`` and the surrogates of ``cfg.ensemble`` as one :class:`SurrogateEnsemble`, and the digest of all
     their files (what the store's fingerprint depends on)."""
-    objective = OBJECTIVES.get(cfg.objective)
-    if not (objective.dataset_level and objective.optimizes):
-        raise UsageError(f"an ensemble of surrogates works with the min-min objectives (error_min, "
-                         f"error_min_identity), not {cfg.objective}")
+    check_ensemble_objective(cfg.objective, UsageError)
     members, digests = [model], [surrogate_sha]
     for path in cfg.ensemble:
         member, meta = load_classifier(path)

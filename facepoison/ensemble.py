@@ -40,6 +40,17 @@ class SurrogateEnsemble(nn.Module):
         return torch.stack([member(images) for member in self.members]).mean(0)
 
 
+def check_ensemble_objective(name: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` unless the objective ``name`` can be crafted against an ensemble: the min-min objectives
+    (``error_min``, ``error_min_identity``), the only ones whose driver takes one."""
+    from facepoison.objectives import OBJECTIVES
+
+    objective = OBJECTIVES.get(name)
+    if not (objective.dataset_level and objective.optimizes):
+        raise error(f"an ensemble of surrogates works with the min-min objectives (error_min, error_min_identity), "
+                    f"not {name}")
+
+
 def members_of(model: nn.Module) -> list[nn.Module]:
     """The surrogates ``model`` stands for: an ensemble's members, else ``[model]``."""
     return list(model.members) if isinstance(model, SurrogateEnsemble) else [model]

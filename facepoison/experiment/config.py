@@ -229,10 +229,13 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
         raise UsageError(f"victim_seeds must list distinct seeds, got {list(cfg.victim_seeds)}")
     if cfg.eval_every < 0:
         raise UsageError(f"eval_every must be >= 0, got {cfg.eval_every}")
+    from facepoison.ensemble import check_ensemble_objective
     from facepoison.objectives import OBJECTIVES
 
     for run in cfg.poisons:
         OBJECTIVES.get(run.objective)  # an unknown objective fails before any stage, listing the valid ones
+        if len(run.surrogates) > 1:
+            check_ensemble_objective(run.objective, UsageError)
     used = {name for run in cfg.poisons for name in run.surrogates}
     missing = sorted(used - set(cfg.surrogates))
     if missing:
@@ -240,11 +243,6 @@ def check_config(cfg: ExperimentConfig) -> list[str]:
     unknown = sorted(set(cfg.surrogate_seeds) - set(cfg.surrogates))
     if unknown:
         raise UsageError(f"surrogate_seeds names surrogates missing from surrogates: {', '.join(unknown)}")
-    for run in cfg.poisons:
-        objective = OBJECTIVES.get(run.objective)
-        if len(run.surrogates) > 1 and not (objective.dataset_level and objective.optimizes):
-            raise UsageError(f"{run.label}: an ensemble of surrogates works with the min-min objectives "
-                             "(error_min, error_min_identity) only")
     keys = [spec.key for spec in cfg.defenses]
     for spec in cfg.defenses:
         spec.build()  # an unknown defense or parameter fails before any stage
