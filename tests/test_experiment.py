@@ -171,16 +171,16 @@ def test_shipped_face_configs_parse():
                                                                                                  "single"]
     wide = load_config(ExperimentConfig, root / "faces_cpu_wide.yaml", {})
     assert wide.data.faces_per_identity == 8 and len(wide.poisons) == 5 and not protect_modes(wide.protect)
-    from facepoison.experiment.config import check_config
+    from facepoison.ensemble import check_ensemble_objective
 
     ensemble = load_config(ExperimentConfig, root / "faces_ensemble.yaml", {})
-    check_config(ensemble)
+    check_ensemble_objective(ensemble.poisons[1].objective)
     fit = load_config(ExperimentConfig, root / "faces_fit.yaml", {})
     assert ensemble.poisons[1].surrogates == ["resnet18", "resnet18_b"]
     assert ensemble.surrogate_seeds == {"resnet18_b": 1}
     assert (ensemble.victim, ensemble.victim_train, ensemble.min_min) == (fit.victim, fit.victim_train, fit.min_min)
     look = load_config(ExperimentConfig, root / "faces_protect_chroma.yaml", {})
-    assert check_config(look) == ["folder"] and look.protect.chroma == 0.5 and not look.poisons
+    assert protect_modes(look.protect) == ["folder"] and look.protect.chroma == 0.5 and not look.poisons
     assert (look.stage_dir, look.victim_train) == ("faces_objectives", fit.victim_train)
     sur = load_config(TrainCommandConfig, root / "surrogate_default.yaml", {"data.root": "x.h5"})
     assert sur.model.stem_stride == 2 and sur.model.width == 32
