@@ -58,8 +58,9 @@ class ProtectSettings:
         jpeg_quality: quality of JPEG outputs (files only).
         seed: base seed of the crafting randomness.
         objective: the crafting objective (see :mod:`facepoison.objectives`).
-        chroma: the colour part of the perturbation kept, in [0, 1]; lower values trade protection for fewer
-            coloured blotches on smooth skin (see :func:`facepoison.losses.limit_chroma`).
+        chroma: the bound on the perturbation's colour part, a fraction in [0, 1] of what the ε-ball allows; lower
+            values trade protection for a smaller colour cast on smooth skin (see
+            :func:`facepoison.losses.bound_chroma`; docs/results/faces_chroma.md measures the trade).
     """
 
     eps: float = 8.0
