@@ -43,7 +43,8 @@ class CrafterConfig:
         regularizers: name → weight, names from ``l2``, ``ssim``, ``tv``.
         independent: detach ‖g‖ in the alignment loss, so each image or shard is crafted on its own.
         seed: base seed; chunk k draws its randomness from a generator seeded by (seed, k).
-        chroma: the colour part of Δ kept at every projection, in [0, 1] (1: unconstrained; 0: grey only);
+        chroma: the bound on Δ's colour part at every projection, a fraction in [0, 1] of what the ε-ball allows
+            (1: unconstrained; 0: grey only);
             see :func:`facepoison.losses.bound_chroma`.
         precision: ``float32`` or ``bfloat16``: the surrogate's forward and the double backward under bf16
             autocast (parameters, Δ, Adam and the projection stay float32). Faster on GPUs with bf16 matrix

@@ -196,7 +196,7 @@ def project(delta: Tensor, images: Tensor, eps: float, chroma: float = 1.0) -> T
         delta: perturbations, same shape as ``images``.
         images: clean images in [0, 1].
         eps: radius in [0, 1] pixel units.
-        chroma: the colour part kept, in [0, 1].
+        chroma: the bound on the colour part, a fraction in [0, 1] of what the ε-ball allows.
     """
     delta = bound_chroma(delta.clamp(-eps, eps), chroma, eps)
     return (images + delta).clamp(0.0, 1.0) - images

@@ -52,8 +52,8 @@ class MinMinConfig:
         augment: augmentation name (``shift_flip``, ``flip``, ``none``), used for noise and surrogate steps.
         max_shift: largest shift of ``shift_flip``; < 1 is a fraction of the image width.
         seed: seeds the generator of the initial noise, the surrogate's batch order and the augmentation.
-        chroma: the colour part of the noise kept after every step, in [0, 1] (see
-            :func:`facepoison.losses.bound_chroma`).
+        chroma: the bound on the noise's colour part after every step, a fraction in [0, 1] of what the ε-ball
+            allows (see :func:`facepoison.losses.bound_chroma`).
         precision: ``float32`` or ``bfloat16`` (bf16 autocast of the surrogate's forward and backward, in the noise
             steps and the surrogate's steps; the accuracy pass, the noise and the parameters stay float32).
     """
@@ -200,7 +200,7 @@ class MinMinState:
         of its members' losses."""
         with precision_autocast(self.config.precision, self.device):
             losses = [self.loss_fn(member, inputs, labels).float() for member in self.members]
-        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        return torch.stack(losses).mean()
 
     def poisoned(self, images: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
         """clamp(x + δ, 0, 1), δ the image's noise or its class pattern (differentiable w.r.t. the pattern)."""
