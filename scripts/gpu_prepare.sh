@@ -7,6 +7,10 @@
 # `facepoison prepare`) and ../shared/data. Then, with the device tool:
 #   run "bash scripts/gpu_speed.sh"  carry [.whl, .gpu/speed]   (about 3 minutes)
 #   run "bash scripts/gpu_faces.sh"  carry [.whl, .gpu/faces]   (right after, on the warm machine; BUDGET seconds)
+# or, for the face experiments alone, one call (the machine keeps nothing between calls when they are more than its
+# idle release, 30 s, apart):
+#   .gpu/one/     both face sets and the protocols xz-compressed, and the dacite wheel (about 62 MiB with the tree)
+#   run "bash scripts/gpu_faces.sh"  carry [.gpu/one]             (it unpacks .gpu/one when it is there)
 set -euo pipefail
 DATA=${FACEPOISON_DATA:-../shared/data}
 PREP=${PREPARED:-runs/experiments/prepared}
@@ -22,4 +26,9 @@ for id in $(grep -v '^#' docs/results/splits/celeba_release.txt | sed -n "165,20
   cp -r "$DATA/faces/celeba_wild/$id" .gpu/speed/data/faces/celeba_wild/
 done
 cp -r "$DATA/photos/group" .gpu/speed/data/photos/
-du -sh .whl .gpu/speed .gpu/faces
+mkdir -p .gpu/one
+xz -6 -T1 -c .gpu/faces/cfp.h5 > .gpu/one/cfp.h5.xz
+xz -6 -T1 -c .gpu/speed/celeba_wild.h5 > .gpu/one/celeba_wild.h5.xz
+tar cJf .gpu/one/meta.tar.xz -C .gpu/faces cfp cfp_lfw_name_overlap.tsv
+cp .whl/dacite-*.whl .gpu/one/
+du -sh .whl .gpu/speed .gpu/faces .gpu/one

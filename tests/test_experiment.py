@@ -83,7 +83,7 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     labels = [m["label"] for m in data["models"]]
     expected = ["clean", "alignment 8/255 (R18)", "alignment 16/255 (R18)", "alignment 32/255 (R18)",
                 "alignment 8/255 (R50)", "random 8/255", "random 16/255", "tensorclog 8/255 (R18)",
-                "tensorclog 16/255 (R18)", "protect (error_min_identity)"]
+                "tensorclog 16/255 (R18)", "protect (error_min_identity, chroma 0.5)"]
     assert labels == expected and set(out["top1"]) == set(expected)
     for label in expected:
         assert f"| {label} |" in md
@@ -112,8 +112,9 @@ def test_protect_modes_and_faces_per_identity(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     assert main(["experiment", str(path), "-q"]) == 0
     data = json.loads((tmp_path / "report" / "faces_tiny.json").read_text())
-    assert [m["label"] for m in data["models"]] == ["clean", "protect (error_min_identity, folder identities)",
-                                                    "protect (error_min_identity, single identities)"]
+    assert [m["label"] for m in data["models"]] == ["clean",
+                                                    "protect (error_min_identity, chroma 0.5, folder identities)",
+                                                    "protect (error_min_identity, chroma 0.5, single identities)"]
     assert [m["run"].get("identities") for m in data["models"][1:]] == ["folder", "single"]
     # 5 CelebA identities, 2 held out, 3 released (3 photos each), 2 CFP identities of fold 1 (3 photos each);
     # 2 faces kept per identity
@@ -259,7 +260,8 @@ def test_finished_only_reports_the_finished_sets_and_runs_no_stage(tmp_path, cap
     data = json.loads((tmp_path / "report" / "faces_tiny.json").read_text())
     assert [m["label"] for m in data["models"]] == ["clean", "random 8/255"]
     assert data["stages_run"] == [] and out["pending"] == data["pending"]
-    assert [p.split(" (stage")[0] for p in data["pending"]] == ["alignment 8/255 (R18)", "protect (error_min_identity)"]
+    assert [p.split(" (stage")[0] for p in data["pending"]] == ["alignment 8/255 (R18)",
+                                                                "protect (error_min_identity, chroma 0.5)"]
     md = (tmp_path / "report" / "faces_tiny.md").read_text()
     assert "**Partial report**" in md and "`figures: false`" in md and "![" not in md
     assert not list((tmp_path / "report").glob("*.png"))

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="online mode: detach the crafting-gradient norm so each image/shard is crafted alone")
     p.add_argument("--step-size", type=float, help="Adam step as a fraction of eps (default 0.5)")
     p.add_argument("--augment", help="crafting augmentation: shift_flip (default), flip, none")
-    p.add_argument("--chroma", type=float, help="colour part of the perturbation kept, 0..1 (default 1)")
+    p.add_argument("--chroma", type=float,
+                   help="bound on the colour part, a fraction 0..1 of what the ε-ball allows (default 1: none)")
     p.add_argument("--precision", choices=["float32", "bfloat16"],
                    help="float32 (default) or bfloat16 autocast of the surrogate's double backward (GPU speed)")
     p.add_argument("--reg", action="append", metavar="NAME=WEIGHT",

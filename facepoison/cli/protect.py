@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"crafting objective (default {default}; see docs/results/faces_objectives.md): "
                    f"{', '.join(n for n in OBJECTIVES.names() if n not in ('random', 'tensorclog'))}")
     p.add_argument("--chroma", type=float, default=ProtectSettings().chroma,
-                   help="colour part of the perturbation kept, 0..1 (default %(default)s; lower: fewer coloured "
-                   "blotches on skin, at some cost in protection)")
+                   help="bound on the perturbation's colour part, a fraction 0..1 of what the ε-ball allows "
+                   "(default %(default)s; lower: less colour cast on skin, less protection; 1: no bound; "
+                   "docs/results/faces_protect_chroma.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="redo photos already finished in OUT_DIR")
     p.add_argument("--report", action="store_true", help="also write OUT_DIR/contact_sheet.png (before/after)")

@@ -60,7 +60,8 @@ class ProtectSettings:
         objective: the crafting objective (see :mod:`facepoison.objectives`).
         chroma: the bound on the perturbation's colour part, a fraction in [0, 1] of what the ε-ball allows; lower
             values trade protection for a smaller colour cast on smooth skin (see
-            :func:`facepoison.losses.bound_chroma`; docs/results/faces_chroma.md measures the trade).
+            :func:`facepoison.losses.bound_chroma`; docs/results/faces_chroma.md measures the trade). The default,
+            half, keeps 15.5 of the 19.2 points of the protect path's drop (docs/results/faces_protect_chroma.md).
     """
 
     eps: float = 8.0
@@ -74,7 +75,7 @@ class ProtectSettings:
     jpeg_quality: int = 95
     seed: int = 0
     objective: str = "error_min_identity"
-    chroma: float = 1.0
+    chroma: float = 0.5
 
     def __post_init__(self) -> None:
         if self.identities not in IDENTITY_MODES:
