@@ -205,6 +205,16 @@ def test_protect_mode_goal_needs_drop_and_lead_beyond_the_noise():
     assert "no mode protects measurably best" in protect_line(0.485)
 
 
+def test_noise_line_says_when_there_is_no_random_set():
+    """Without a random-noise set the goals do not claim a measured noise level of 0 points."""
+    from facepoison.experiment import goals
+
+    clean = {"label": "clean", "identification": {"top1": 0.5}, "run": {}}
+    rand = {"label": "random 8/255", "identification": {"top1": 0.48}, "run": {"objective": "random", "eps": 8.0}}
+    assert goals([clean])[0].startswith("Noise level: this run has no random-noise set")
+    assert "moved top-1 by up to 2.0 points" in goals([clean, rand])[0]
+
+
 def test_protect_path_with_chroma(tmp_path, capsys):
     """``protect.chroma`` reaches the engine (every manifest line says so) and the label; its own protect folder."""
     config = tiny_config(tmp_path)
