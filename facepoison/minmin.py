@@ -164,7 +164,8 @@ class MinMinState:
         self.augmentation: Augmentation = augmentation_for(config.augment, config.max_shift)
         n = len(labels)
         shape = (num_classes if config.classwise else n, *sample_shape)
-        start = (torch.rand(shape, generator=self.generator) * 2 - 1) * self.eps  # uniform in the ε-ball
+        # uniform in the ε-ball, then inside the chroma bound: every pattern starts where the projection keeps it
+        start = bound_chroma((torch.rand(shape, generator=self.generator) * 2 - 1) * self.eps, config.chroma, self.eps)
         # identity patterns live on the device; per-image noise stays on the CPU, only batch slices move
         self.class_delta = start.to(device) if config.classwise else None
         self.delta = None if config.classwise else start
@@ -254,14 +255,20 @@ class MinMinState:
         return loss.item()
 
     def _class_steps(self, images: Tensor, labels: Tensor) -> float:
+        # only the patterns of the batch's classes take a step (the others have no gradient); working on those rows
+        # alone keeps the cost per step independent of the number of classes (protect appends a few identities to
+        # the surrogate's hundreds)
+        present = labels.unique()
+        rows, index = self.class_delta[present], torch.searchsorted(present, labels)
         for _ in range(self.config.noise_steps):
-            pattern = self.class_delta.detach().requires_grad_(True)
-            loss = self.loss(self.augment((images + pattern[labels]).clamp(0.0, 1.0)), labels)
-            # the gradient w.r.t. Δ_k sums those of the batch's images of class k; classes absent get 0 (no step)
+            pattern = rows.detach().requires_grad_(True)
+            loss = self.loss(self.augment((images + pattern[index]).clamp(0.0, 1.0)), labels)
+            # the gradient w.r.t. Δ_k sums those of the batch's images of class k
             (grad,) = torch.autograd.grad(loss, pattern)
             with torch.no_grad():
                 step = (pattern - self.alpha * grad.sign()).clamp(-self.eps, self.eps)
-                self.class_delta = bound_chroma(step, self.config.chroma, self.eps)
+                rows = bound_chroma(step, self.config.chroma, self.eps)
+        self.class_delta[present] = rows
         return loss.item()
 
     @torch.no_grad()

@@ -262,3 +262,42 @@ def test_checkpoint_of_another_run_is_refused(data, tmp_path):
     ckpt.write_bytes(b"torn")
     with pytest.raises(CheckpointMismatch, match="cannot be read"):
         craft_error_minimizing(linear_model(), x, y, K, config(max_rounds=1), checkpoint=ckpt, checkpoint_key="a")
+
+
+def _full_tensor_class_steps(run, images, labels):
+    """The earlier rule, as a naive reference: every class's pattern takes the step (absent ones a zero step)."""
+    for _ in range(run.config.noise_steps):
+        pattern = run.class_delta.detach().requires_grad_(True)
+        loss = run.loss(run.augment((images + pattern[labels]).clamp(0.0, 1.0)), labels)
+        (grad,) = torch.autograd.grad(loss, pattern)
+        with torch.no_grad():
+            run.class_delta = (pattern - run.alpha * grad.sign()).clamp(-run.eps, run.eps)
+
+
+@pytest.mark.parametrize("chroma", [1.0, 0.5])
+def test_identity_steps_touch_only_the_batch_classes(data, chroma):
+    """A noise pass steps the patterns of the batch's classes exactly as stepping the whole tensor would (bit for
+    bit without a chroma bound, whose rows are independent) and leaves every other class's pattern as it was; every
+    pattern starts inside the chroma bound."""
+    from facepoison.losses import bound_chroma
+    from facepoison.minmin import MinMinState, image_reader
+
+    x, y = data
+    classes = K + 6  # classes with no image, as protect's surrogate classes beside the imprinted identities
+    cfg = config(classwise=True, noise_steps=3, chroma=chroma)
+    run = MinMinState(face_model(), image_reader(x, N, torch.device("cpu")), y, classes, (3, 16, 16), cfg,
+                      default_loss, torch.device("cpu"))
+    run.model.eval()
+    start = run.class_delta.clone()
+    torch.testing.assert_close(bound_chroma(start, chroma, EPS), start, rtol=0, atol=1e-7)
+    batch = torch.tensor([0, 1, 4, 5, 8, 9])  # classes 0 and 1 only
+    run._class_steps(x[batch], y[batch])
+    if chroma == 1.0:
+        reference = MinMinState(face_model(), image_reader(x, N, torch.device("cpu")), y, classes, (3, 16, 16), cfg,
+                                default_loss, torch.device("cpu"))
+        reference.model.eval()
+        _full_tensor_class_steps(reference, x[batch], y[batch])
+        torch.testing.assert_close(run.class_delta, reference.class_delta, rtol=0, atol=0)
+    assert (run.class_delta[:2] != start[:2]).any()
+    torch.testing.assert_close(run.class_delta[2:], start[2:], rtol=0, atol=0)
+    assert bound_chroma(run.class_delta, chroma, EPS).sub(run.class_delta).abs().max() < 1e-7
