@@ -61,7 +61,7 @@ class ProtectSettings:
         chroma: the bound on the perturbation's colour part, a fraction in [0, 1] of what the ε-ball allows; lower
             values trade protection for a smaller colour cast on smooth skin (see
             :func:`facepoison.losses.bound_chroma`; docs/results/faces_chroma.md measures the trade). The default,
-            half, keeps 15.5 of the 19.2 points of the protect path's drop (docs/results/faces_protect_chroma.md).
+            half, keeps 13.1 of the 19.2 points of the protect path's drop (docs/results/faces_protect_chroma.md).
     """
 
     eps: float = 8.0
