@@ -11,7 +11,7 @@ OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 t0=$(date +%s); budget=${BUDGET:-450}
 if [ -d .gpu/one ]; then  # the one-call bundle of scripts/gpu_prepare.sh: unpack it (python's lzma: no xz needed)
   mkdir -p .gpu/faces .whl && cp .gpu/one/*.whl .whl/
-  python3 -c "import lzma, shutil, sys, tarfile
+  python3 -c "import lzma, shutil, tarfile
 for n in ('cfp', 'celeba_wild'):
     with lzma.open(f'.gpu/one/{n}.h5.xz') as f, open(f'.gpu/faces/{n}.h5', 'wb') as g: shutil.copyfileobj(f, g, 1 << 24)
 tarfile.open('.gpu/one/meta.tar.xz').extractall('.gpu/faces')" || { echo "could not unpack .gpu/one"; exit 3; }

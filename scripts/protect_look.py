@@ -78,9 +78,8 @@ def main() -> None:
              f"`{args.photo}`, strength {args.strength}, bundled surrogate.", "",
              "| objective | chroma bound | L∞ | SSIM | PSNR dB | mean ΔE2000 (changed pixels) | max ΔE2000 | s |",
              "|---|---|---|---|---|---|---|---|"]
-    default = ProtectSettings()
-    lines += [f"| {r['objective']} | {r['chroma']:g}"
-              f"{' (protect default)' if (r['objective'], r['chroma']) == (default.objective, default.chroma) else ''}"
+    default = (ProtectSettings().objective, ProtectSettings().chroma)
+    lines += [f"| {r['objective']} | {r['chroma']:g}{' (protect default)' * ((r['objective'], r['chroma']) == default)}"
               f" | {r['linf']} | {r['ssim']:.4f} | {r['psnr']:.1f} | "
               f"{r['ciede2000_changed_mean']:.2f} | {r['ciede2000_max']:.1f} | {r['seconds']:.1f} |" for r in rows]
     lines += ["", "Chroma bound: the perturbation's colour part at most that fraction of what the ε-ball allows "
